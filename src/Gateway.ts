@@ -1,0 +1,46 @@
+/**
+ * The gateway composed from its stages, in the order of DESIGN.md's flow. Layers are acquired
+ * bottom-up and released top-down, which is the shutdown order: the listener drains first
+ * (readiness false, goaway, answer in-flight), then the admin port closes, then the persistence
+ * stage empties the lanes, then the sink flushes and closes.
+ */
+import { type Config, Effect, Layer } from "effect"
+import { DeviceAuth } from "./auth/DeviceRegistry.ts"
+import { GatewayConfig } from "./config/GatewayConfig.ts"
+import { Listener } from "./ingress/Listener.ts"
+import { SessionRegistry } from "./ingress/Sessions.ts"
+import { Lifecycle } from "./Lifecycle.ts"
+import * as Admin from "./observability/Admin.ts"
+import * as Tracing from "./observability/Tracing.ts"
+import { Dedup } from "./pipeline/Dedup.ts"
+import { Lanes } from "./pipeline/Lanes.ts"
+import * as Persistence from "./pipeline/Persistence.ts"
+import * as SqliteSink from "./sinks/SqliteSink.ts"
+
+/** The sink chosen by GATEWAY_SINK. */
+const sink = Layer.unwrap(Effect.map(GatewayConfig, (c) =>
+  SqliteSink.layer({ dataDir: c.dataDir, synchronous: c.sqliteSync })))
+
+/** Logs the `listening` line once both ports are bound. */
+const announce = Layer.effectDiscard(Effect.gen(function*() {
+  const listener = yield* Listener
+  const admin = yield* Admin.AdminPort
+  const config = yield* GatewayConfig
+  yield* Effect.logInfo("listening").pipe(
+    Effect.annotateLogs({ port: listener.port, adminPort: admin.port, host: config.host, sink: config.sink })
+  )
+}))
+
+/** The whole gateway, given its configuration layer and tracing layer. */
+export const layer = (
+  config: Layer.Layer<GatewayConfig, Config.ConfigError> = GatewayConfig.layer,
+  tracing: Layer.Layer<Tracing.MessageTracer> = Tracing.layerFromEnv("iot-gateway")
+) =>
+  announce.pipe(
+    Layer.provideMerge(Listener.layer),
+    Layer.provideMerge(Admin.layer),
+    Layer.provideMerge(Persistence.layer),
+    Layer.provideMerge(Layer.mergeAll(Lanes.layer, Dedup.layer, SessionRegistry.layer, DeviceAuth.layer, tracing)),
+    Layer.provideMerge(Layer.merge(sink, Lifecycle.layer)),
+    Layer.provideMerge(config)
+  )

@@ -1,0 +1,131 @@
+/**
+ * The wire contract of PROTOCOL.md as `effect/Schema` values: the client frames a device sends,
+ * their bodies, and the encoders for the frames the gateway writes. Decoding is synchronous
+ * (`Schema.decodeUnknownResult`): the hot path never builds an Effect per frame.
+ */
+import { Result, Schema } from "effect"
+import type { ErrorCode, NackCode } from "./Errors.ts"
+
+/** Protocol version spoken by this gateway (the `v` of hello and welcome). */
+export const PROTOCOL_VERSION = 1
+
+/** Device ids: 1..128 of `[A-Za-z0-9_:-]` (no dot: ids become NATS subject tokens). */
+export const DeviceId = Schema.String.check(
+  Schema.isPattern(/^[A-Za-z0-9_:-]{1,128}$/, { message: "device must be 1..128 characters of [A-Za-z0-9_:-]" })
+)
+
+/** A non-negative safe integer: sequence numbers, epochs, epoch milliseconds. */
+export const SafeUint = Schema.Int.check(Schema.isBetween({ minimum: 0, maximum: Number.MAX_SAFE_INTEGER }))
+
+const RFC3339 = /^\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2}(\.\d{1,9})?([Zz]|[+-]\d{2}:\d{2})$/
+
+/** Device time: epoch milliseconds or an RFC 3339 string (normalized by {@link toEpochMs}). */
+export const DeviceTime = Schema.Union([
+  SafeUint,
+  Schema.String.check(Schema.isPattern(RFC3339, { message: "ts must be epoch milliseconds or an RFC 3339 string" }))
+])
+
+/** Telemetry body: named numeric metrics and optional string tags. */
+export const TelemetryBody = Schema.Struct({
+  metrics: Schema.Record(Schema.String, Schema.Finite),
+  tags: Schema.optionalKey(Schema.Record(Schema.String, Schema.String))
+})
+export type TelemetryBody = typeof TelemetryBody.Type
+
+/** Event body: a named occurrence with an optional severity and free-form data. */
+export const EventBody = Schema.Struct({
+  name: Schema.String.check(Schema.isMinLength(1)),
+  severity: Schema.optionalKey(Schema.Literals(["info", "warning", "critical"])),
+  data: Schema.optionalKey(Schema.Record(Schema.String, Schema.Unknown))
+})
+export type EventBody = typeof EventBody.Type
+
+/** The first frame of a session. */
+export const Hello = Schema.Struct({
+  type: Schema.Literal("hello"),
+  v: Schema.Literal(PROTOCOL_VERSION),
+  device: DeviceId,
+  token: Schema.String.check(Schema.isMaxLength(4096)),
+  epoch: Schema.optionalKey(SafeUint)
+})
+export type Hello = typeof Hello.Type
+
+const dataFrame = <K extends "telemetry" | "event", B extends Schema.Top>(kind: K, body: B) =>
+  Schema.Struct({
+    type: Schema.Literal(kind),
+    seq: SafeUint,
+    ts: DeviceTime,
+    body,
+    trace: Schema.optionalKey(Schema.String)
+  })
+
+/** A telemetry frame: bulk data, may be shed under overload. */
+export const TelemetryFrame = dataFrame("telemetry", TelemetryBody)
+/** An event frame: critical data, never shed. */
+export const EventFrame = dataFrame("event", EventBody)
+
+/** The two kinds of data a device sends. */
+export type Kind = "telemetry" | "event"
+
+/** A validated data frame, whichever its kind. */
+export interface DataFrame {
+  readonly type: Kind
+  readonly seq: number
+  readonly ts: number | string
+  readonly body: TelemetryBody | EventBody
+  readonly trace?: string
+}
+
+const decodeTelemetry = Schema.decodeUnknownResult(TelemetryFrame)
+const decodeEvent = Schema.decodeUnknownResult(EventFrame)
+const decodeHelloFrame = Schema.decodeUnknownResult(Hello)
+
+/** Validates a parsed telemetry or event frame; the failure is a one-line message for `nack invalid`. */
+export const decodeDataFrame = (kind: Kind, input: unknown): Result.Result<DataFrame, string> => {
+  const result: Result.Result<DataFrame, Schema.SchemaError> = kind === "telemetry"
+    ? decodeTelemetry(input)
+    : decodeEvent(input)
+  return Result.mapError(result, (e) => oneLine(e.message))
+}
+
+/** Validates a parsed hello frame. */
+export const decodeHello = (input: unknown): Result.Result<Hello, string> =>
+  Result.mapError(decodeHelloFrame(input), (e) => oneLine(e.message))
+
+const oneLine = (message: string) => message.replace(/\s*\n\s*/g, " ")
+
+/** Normalizes validated device time to epoch milliseconds. */
+export const toEpochMs = (ts: number | string): number => typeof ts === "number" ? ts : Date.parse(ts)
+
+/** True for a well-formed W3C traceparent (version 00, non-zero ids). */
+export const isTraceparent = (s: string): boolean =>
+  /^00-(?!0{32})[0-9a-f]{32}-(?!0{16})[0-9a-f]{16}-[0-9a-f]{2}$/.test(s)
+
+// ---- gateway frames: hand-built strings (no JSON.stringify on the ack path) ----
+
+/** `welcome`: the session is open. */
+export const welcomeFrame = (session: string, keepaliveMs: number, maxFrameBytes: number, lastSeq: number | null) =>
+  `{"type":"welcome","v":${PROTOCOL_VERSION},"session":"${session}","keepaliveMs":${keepaliveMs},"maxFrameBytes":${maxFrameBytes},"lastSeq":${lastSeq}}\n`
+
+/** `ack`: seq is durably committed (`dup` when it had been before). */
+export const ackFrame = (seq: number, dup: boolean) =>
+  dup ? `{"type":"ack","seq":${seq},"dup":true}\n` : `{"type":"ack","seq":${seq}}\n`
+
+/** `nack`: seq was not committed. */
+export const nackFrame = (seq: number, code: NackCode, message: string, retryAfterMs?: number) =>
+  `{"type":"nack","seq":${seq},"code":"${code}","retry":${code === "rate_limited" || code === "unavailable"},"message":${
+    JSON.stringify(message)
+  }${retryAfterMs === undefined ? "" : `,"retryAfterMs":${retryAfterMs}`}}\n`
+
+/** `pong`: the answer to `ping`. */
+export const PONG = `{"type":"pong"}\n`
+
+/** `goaway`: the gateway is draining; reconnect after `retryAfterMs`. */
+export const goawayFrame = (retryAfterMs: number) =>
+  `{"type":"goaway","reason":"shutdown","retryAfterMs":${retryAfterMs}}\n`
+
+/** `error`: fatal for the connection; the gateway closes after it. */
+export const errorFrame = (code: ErrorCode, message: string, retryAfterMs?: number) =>
+  `{"type":"error","code":"${code}","message":${JSON.stringify(message)}${
+    retryAfterMs === undefined ? "" : `,"retryAfterMs":${retryAfterMs}`
+  }}\n`

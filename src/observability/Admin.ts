@@ -1,0 +1,50 @@
+/**
+ * The admin HTTP port: Prometheus text at `/metrics`, liveness at `/healthz` (the process
+ * serves), readiness at `/readyz` (false while draining or when the sink cannot take writes).
+ */
+import { NodeHttpServer } from "@effect/platform-node"
+import { Context, Effect, Layer } from "effect"
+import { HttpRouter, HttpServer, HttpServerResponse } from "effect/http"
+import { PrometheusMetrics } from "effect/observability"
+import { createServer } from "node:http"
+import { GatewayConfig } from "../config/GatewayConfig.ts"
+import { Lifecycle } from "../Lifecycle.ts"
+import { Sink } from "../sinks/Sink.ts"
+
+const readiness = Layer.unwrap(Effect.gen(function*() {
+  const lifecycle = yield* Lifecycle
+  const sink = yield* Sink
+  return HttpRouter.add(
+    "GET",
+    "/readyz",
+    Effect.map(sink.isHealthy, (healthy) =>
+      lifecycle.isDraining()
+        ? HttpServerResponse.text("draining\n", { status: 503 })
+        : healthy
+        ? HttpServerResponse.text("ready\n")
+        : HttpServerResponse.text(`sink ${sink.name} unavailable\n`, { status: 503 }))
+  )
+}))
+
+const routes = Layer.mergeAll(
+  PrometheusMetrics.layerHttp({ path: "/metrics" }),
+  HttpRouter.add("GET", "/healthz", HttpServerResponse.text("ok\n")),
+  readiness
+)
+
+/** The bound admin address. */
+export class AdminPort extends Context.Service<AdminPort, { readonly port: number }>()("gateway/AdminPort") {}
+
+/** The admin server on GATEWAY_ADMIN_HOST:GATEWAY_ADMIN_PORT. */
+export const layer = Layer.unwrap(Effect.gen(function*() {
+  const config = yield* GatewayConfig
+  const server = NodeHttpServer.layer(createServer, { port: config.adminPort, host: config.adminHost })
+  const port = Layer.effect(
+    AdminPort,
+    Effect.map(HttpServer.HttpServer, (s) => ({ port: "port" in s.address ? s.address.port : 0 }))
+  )
+  return HttpRouter.serve(routes, { disableLogger: true, disableListenLog: true }).pipe(
+    Layer.merge(port),
+    Layer.provide(server)
+  )
+}))

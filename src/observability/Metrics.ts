@@ -1,0 +1,106 @@
+/**
+ * Every metric handle of the gateway, and nothing else (names `gateway_<name>_<unit>`, bounded
+ * label values). The hot path updates them synchronously ({@link record}) with counts
+ * aggregated per chunk or batch, never one Effect per message.
+ */
+import { Context, Metric } from "effect"
+import type { Kind } from "../domain/Frames.ts"
+
+const empty = Context.empty()
+
+/** Synchronous update for the hot path (counters add, gauges set, histograms observe). */
+export const record = <I>(metric: Metric.Metric<I, unknown>, value: I): void => metric.updateUnsafe(value, empty)
+
+/** Open device connections (after admission). */
+export const connectionsActive = Metric.gauge("gateway_connections_active", {
+  description: "device connections currently open"
+})
+
+/** Why connections ended or were refused. */
+export type ConnectionResult =
+  | "accepted"
+  | "busy"
+  | "auth_failed"
+  | "protocol_error"
+  | "timeout"
+  | "replaced"
+  | "closed"
+  | "shutdown"
+
+const connectionsTotal = Metric.counter("gateway_connections_total", {
+  description: "connections by result (accepted at welcome; the others when they end or are refused)"
+})
+const connectionsByResult = new Map<ConnectionResult, Metric.Metric<number, unknown>>()
+/** Counter of connections for one result. */
+export const connections = (result: ConnectionResult): Metric.Metric<number, unknown> => {
+  let m = connectionsByResult.get(result)
+  if (m === undefined) connectionsByResult.set(result, m = Metric.withAttributes(connectionsTotal, { result }))
+  return m
+}
+
+/** Per-message outcomes (the answer each data frame got). */
+export type MessageOutcome = "committed" | "duplicate" | "invalid" | "forbidden" | "shed" | "unavailable" | "rejected"
+
+const messagesTotal = Metric.counter("gateway_messages_total", { description: "data frames by kind and outcome" })
+const messagesBy = new Map<string, Metric.Metric<number, unknown>>()
+/** Counter of messages of one kind with one outcome. */
+export const messages = (kind: Kind, outcome: MessageOutcome): Metric.Metric<number, unknown> => {
+  const key = `${kind}/${outcome}`
+  let m = messagesBy.get(key)
+  if (m === undefined) messagesBy.set(key, m = Metric.withAttributes(messagesTotal, { kind, outcome }))
+  return m
+}
+
+/** Errors by taxonomy class (DESIGN.md). */
+export type ErrorClass =
+  | "ProtocolError"
+  | "AuthError"
+  | "ValidationError"
+  | "OverloadError"
+  | "TransientUpstreamError"
+  | "PermanentPersistenceError"
+
+const errorsTotal = Metric.counter("gateway_errors_total", { description: "errors by taxonomy class" })
+const errorsBy = new Map<ErrorClass, Metric.Metric<number, unknown>>()
+/** Counter of errors of one class. */
+export const errors = (errorClass: ErrorClass): Metric.Metric<number, unknown> => {
+  let m = errorsBy.get(errorClass)
+  if (m === undefined) errorsBy.set(errorClass, m = Metric.withAttributes(errorsTotal, { class: errorClass }))
+  return m
+}
+
+/** The two lanes of DESIGN.md. */
+export type LaneName = "critical" | "bulk"
+
+const queueDepth = Metric.gauge("gateway_queue_depth", { description: "messages waiting in a lane" })
+const queueCapacity = Metric.gauge("gateway_queue_capacity", { description: "capacity of a lane" })
+/** Depth gauge of one lane. */
+export const laneDepth = (lane: LaneName) => Metric.withAttributes(queueDepth, { lane })
+/** Capacity gauge of one lane. */
+export const laneCapacity = (lane: LaneName) => Metric.withAttributes(queueCapacity, { lane })
+
+/** Ingest-to-commit latency: from the frame's arrival to the sink's commit, in milliseconds. */
+export const commitLatencyMs = Metric.histogram("gateway_ingest_to_commit_latency_ms", {
+  description: "milliseconds from a data frame's arrival to its commit",
+  boundaries: [0.25, 0.5, 1, 2, 3, 5, 7.5, 10, 15, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000]
+})
+
+/** Messages per sink batch. */
+export const sinkBatchSize = Metric.histogram("gateway_sink_batch_size", {
+  description: "messages per sink batch",
+  boundaries: Metric.exponentialBoundaries({ start: 1, factor: 2, count: 14 })
+})
+
+/** Sink batch retries after transient errors. */
+export const sinkRetries = Metric.counter("gateway_sink_retries_total", {
+  description: "sink batch attempts retried after a transient error"
+})
+
+/** Sink batch duration, milliseconds. */
+export const sinkBatchMs = Metric.histogram("gateway_sink_batch_duration_ms", {
+  description: "milliseconds to commit one sink batch",
+  boundaries: [0.5, 1, 2, 5, 10, 25, 50, 100, 250, 1000, 5000]
+})
+
+/** Devices with dedup state (bounded by GATEWAY_DEDUP_DEVICES). */
+export const dedupDevices = Metric.gauge("gateway_dedup_devices", { description: "devices with dedup window state" })

@@ -1,0 +1,113 @@
+/**
+ * The two bounded lanes between the connections and the persistence stage (DESIGN.md), each an
+ * Effect `Queue` with its overload policy named where it is built:
+ * - critical (events): `Queue.bounded`, full → the offering connection suspends (backpressure:
+ *   it stops reading its socket once its in-flight window is full). Events are never shed.
+ * - bulk (telemetry): sliding, full → the oldest message is dropped and its sender gets
+ *   `nack shed`. Built on `Queue.bounded` with the drop done here, because `Queue.sliding` drops
+ *   silently and every dropped message must still be answered.
+ * A one-slot doorbell wakes the persistence stage when either lane receives work.
+ */
+import { Context, Effect, Exit, Layer, Queue, type Tracer } from "effect"
+import { GatewayConfig } from "../config/GatewayConfig.ts"
+import type { Envelope } from "../domain/Envelope.ts"
+import { nackFrame } from "../domain/Frames.ts"
+import * as Metrics from "../observability/Metrics.ts"
+
+/** Where a message's answer goes: the ordered answer table of its connection. */
+export interface Replier {
+  /** Records the answer of `ticket` (written once every earlier ticket is answered). */
+  readonly resolve: (ticket: number, frame: string) => void
+  /** Writes every answer that is now in order. */
+  readonly flush: () => void
+}
+
+/** One message between ingest and commit. */
+export interface InFlight {
+  readonly envelope: Envelope
+  readonly replier: Replier
+  readonly ticket: number
+  /** `performance.now()` at arrival, for the ingest-to-commit histogram. */
+  readonly arrivedAt: number
+  /** The message's ingest span, when tracing is on. */
+  readonly span: Tracer.Span | undefined
+}
+
+/** What the connections and the persistence stage see of the lanes. */
+export interface LanesShape {
+  /** Enqueues telemetry; when the lane is full the oldest telemetry is shed (and nacked). */
+  readonly offerTelemetry: (item: InFlight) => void
+  /** Enqueues an event if there is room; false when the critical lane is full. */
+  readonly tryOfferEvent: (item: InFlight) => boolean
+  /** Enqueues events, suspending while the critical lane is full (backpressure). */
+  readonly offerEvents: (items: ReadonlyArray<InFlight>) => Effect.Effect<void>
+  /** Wakes the persistence stage (call once after a chunk's offers). */
+  readonly notify: () => void
+  /** Takes up to `max` messages without waiting: critical first, then bulk. */
+  readonly takeBatch: (max: number) => Effect.Effect<Array<InFlight>>
+  /** Waits until `notify` was called since the last wait. */
+  readonly awaitWork: Effect.Effect<void>
+  /** Messages waiting in both lanes. */
+  readonly size: () => number
+}
+
+/** The lanes service. */
+export class Lanes extends Context.Service<Lanes, LanesShape>()("gateway/Lanes") {
+  /** Lanes sized by GATEWAY_CRITICAL_QUEUE and GATEWAY_BULK_QUEUE. */
+  static readonly layer = Layer.effect(
+    Lanes,
+    Effect.gen(function*() {
+      const config = yield* GatewayConfig
+      // Policy "suspend": a full critical lane blocks the offering connection.
+      const critical = yield* Queue.bounded<InFlight>(config.criticalQueue)
+      // Policy "sliding" (by hand below): a full bulk lane drops its oldest message.
+      const bulk = yield* Queue.bounded<InFlight>(config.bulkQueue)
+      // Policy "sliding", capacity 1: many rings before a wait count as one.
+      const doorbell = yield* Queue.sliding<true>(1)
+      Metrics.record(Metrics.laneCapacity("critical"), config.criticalQueue)
+      Metrics.record(Metrics.laneCapacity("bulk"), config.bulkQueue)
+      const criticalDepth = Metrics.laneDepth("critical")
+      const bulkDepth = Metrics.laneDepth("bulk")
+
+      const shed = (old: InFlight) => {
+        old.replier.resolve(old.ticket, nackFrame(old.envelope.seq, "shed", "telemetry shed under overload"))
+        old.replier.flush()
+        old.span?.end(process.hrtime.bigint(), Exit.void)
+        Metrics.record(Metrics.messages("telemetry", "shed"), 1)
+        Metrics.record(Metrics.errors("OverloadError"), 1)
+      }
+
+      return Lanes.of({
+        offerTelemetry: (item) => {
+          if (Queue.isFullUnsafe(bulk)) {
+            const oldest = Queue.takeUnsafe(bulk)
+            if (oldest !== undefined && oldest._tag === "Success") shed(oldest.value)
+          }
+          Queue.offerUnsafe(bulk, item)
+        },
+        tryOfferEvent: (item) => Queue.offerUnsafe(critical, item),
+        offerEvents: (items) => Effect.asVoid(Queue.offerAll(critical, items)),
+        notify: () => {
+          Queue.offerUnsafe(doorbell, true)
+        },
+        takeBatch: (max) =>
+          Effect.gen(function*() {
+            const batch = yield* takeReady(critical, max)
+            const rest = max - batch.length
+            const out = rest > 0 ? batch.concat(yield* takeReady(bulk, rest)) : batch
+            Metrics.record(criticalDepth, Queue.sizeUnsafe(critical))
+            Metrics.record(bulkDepth, Queue.sizeUnsafe(bulk))
+            return out
+          }),
+        awaitWork: Effect.asVoid(Queue.take(doorbell)),
+        size: () => Queue.sizeUnsafe(critical) + Queue.sizeUnsafe(bulk)
+      })
+    })
+  )
+}
+
+const NONE: Effect.Effect<Array<InFlight>> = Effect.sync(() => [])
+
+/** Takes up to `max` messages that are already there, without waiting (takeBetween(0, n) takes none). */
+const takeReady = (queue: Queue.Queue<InFlight>, max: number): Effect.Effect<Array<InFlight>> =>
+  Queue.sizeUnsafe(queue) > 0 ? Queue.takeBetween(queue, 1, max) : NONE

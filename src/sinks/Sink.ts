@@ -1,0 +1,44 @@
+/**
+ * The sink contract: a batch of envelopes in, one outcome per message out. Whole-batch failures
+ * are typed by the taxonomy: `TransientUpstreamError` (retried with backoff by the persistence
+ * stage) or `PermanentPersistenceError` (every message of the batch is rejected). A single bad
+ * message is rejected on its own and never fails its batch.
+ */
+import { Context, type Effect } from "effect"
+import type { Envelope } from "../domain/Envelope.ts"
+import type { PermanentPersistenceError, TransientUpstreamError } from "../domain/Errors.ts"
+
+/** Outcome codes, one per message of a batch (a byte each: no object per message). */
+export const Outcome = {
+  /** Written now. */
+  Committed: 0,
+  /** Already in the store: the message had been committed before (ack `dup:true`). */
+  Duplicate: 1,
+  /** Refused by the store (constraint, size, schema): dead-lettered, nacked, never retried. */
+  Rejected: 2
+} as const
+
+/** The result of writing one batch. */
+export interface WriteResult {
+  /** `outcomes[i]` is the {@link Outcome} of `batch[i]`. */
+  readonly outcomes: Uint8Array
+  /** Why each rejected message was refused, by its index in the batch. */
+  readonly rejections: ReadonlyMap<number, string>
+}
+
+/** What every sink driver implements. */
+export interface SinkShape {
+  /** Short driver name for metrics, logs and spans (`sqlite`, `nats`, `postgres`). */
+  readonly name: string
+  /** Commits a batch durably; resolves only when every committed message is durable. */
+  readonly write: (
+    batch: ReadonlyArray<Envelope>
+  ) => Effect.Effect<WriteResult, TransientUpstreamError | PermanentPersistenceError>
+  /** Highest committed seq of (device, epoch), or null when none is known. */
+  readonly lastSeq: (device: string, epoch: number) => Effect.Effect<number | null, TransientUpstreamError>
+  /** True while the sink can take writes (readiness). */
+  readonly isHealthy: Effect.Effect<boolean>
+}
+
+/** The generic sink service: the persistence stage depends on this tag only. */
+export class Sink extends Context.Service<Sink, SinkShape>()("gateway/Sink") {}
