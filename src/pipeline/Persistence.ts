@@ -5,7 +5,7 @@
  * own connection, in send order. It marks commits in the dedup windows. On shutdown it keeps
  * committing until the lanes are empty or the drain deadline passes.
  */
-import { Duration, Effect, Exit, Fiber, Layer, Schedule, type Tracer } from "effect"
+import { Duration, Effect, Exit, Fiber, Layer, Schedule, Semaphore, type Tracer } from "effect"
 import { GatewayConfig } from "../config/GatewayConfig.ts"
 import type { PermanentPersistenceError, TransientUpstreamError } from "../domain/Errors.ts"
 import { ackFrame, nackFrame } from "../domain/Frames.ts"
@@ -14,6 +14,9 @@ import * as Metrics from "../observability/Metrics.ts"
 import { Outcome, Sink, type WriteResult } from "../sinks/Sink.ts"
 import { Dedup } from "./Dedup.ts"
 import { type InFlight, Lanes, type Replier } from "./Lanes.ts"
+
+/** Batches with the sink at once. */
+const PIPELINE = 2
 
 /** How long a device should wait before resending after `nack unavailable`. */
 const UNAVAILABLE_RETRY_AFTER_MS = 1_000
@@ -109,20 +112,25 @@ export const layer = Layer.effectDiscard(Effect.gen(function*() {
       Metrics.record(Metrics.sinkBatchMs, performance.now() - started)
     })
 
+  // Up to PIPELINE batches are with the sink at once: while it commits one, the next is taken
+  // and sent, so the sink never idles waiting for the event loop. Answers stay in send order
+  // per connection whatever order batches complete in (OrderedAnswers).
+  const slots = yield* Semaphore.make(PIPELINE)
   let closing = false
   const loop = Effect.gen(function*() {
     while (true) {
+      yield* Semaphore.take(slots, 1)
       let batch = yield* lanes.takeBatch(config.batchMax)
-      if (batch.length === 0) {
-        if (closing) return
+      while (batch.length === 0) {
+        if (closing) return yield* Semaphore.take(slots, PIPELINE - 1) // wait for the batches in flight
         yield* lanes.awaitWork
-        continue
+        batch = yield* lanes.takeBatch(config.batchMax)
       }
       if (batch.length < config.batchMax && config.batchLingerMs > 0 && !closing) {
         yield* Effect.sleep(config.batchLingerMs)
         batch = batch.concat(yield* lanes.takeBatch(config.batchMax - batch.length))
       }
-      yield* commit(batch)
+      yield* Effect.forkChild(Effect.ensuring(commit(batch), Semaphore.release(slots, 1)))
     }
   })
 

@@ -1,0 +1,159 @@
+/**
+ * The SQLite store itself, as plain synchronous functions shared by the sink's writer thread
+ * and its tests: the schema (DESIGN.md's `messages` table, mirrored in PostgreSQL), opening a
+ * database in WAL mode, and writing one batch of rows in one transaction.
+ */
+import { DatabaseSync, type StatementSync } from "node:sqlite"
+import type { Envelope } from "../domain/Envelope.ts"
+import { Outcome } from "./Sink.ts"
+
+/** The schema of DESIGN.md, plus the per-device state and dead letters. */
+export const SCHEMA = `
+CREATE TABLE IF NOT EXISTS messages (
+  device TEXT NOT NULL, epoch INTEGER NOT NULL, seq INTEGER NOT NULL, kind TEXT NOT NULL,
+  device_ts INTEGER NOT NULL, received_at INTEGER NOT NULL, gateway TEXT NOT NULL,
+  traceparent TEXT, body TEXT NOT NULL);
+CREATE UNIQUE INDEX IF NOT EXISTS messages_key ON messages (device, epoch, seq);
+CREATE TABLE IF NOT EXISTS device_state (
+  device TEXT NOT NULL, epoch INTEGER NOT NULL, last_seq INTEGER NOT NULL,
+  PRIMARY KEY (device, epoch)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS dead_letters (
+  id INTEGER PRIMARY KEY, device TEXT, epoch INTEGER, seq INTEGER, kind TEXT,
+  reason TEXT NOT NULL, envelope TEXT NOT NULL, failed_at INTEGER NOT NULL);
+`
+
+/** One message as the writer inserts it: the columns of `messages` (body as JSON text). */
+export type Row = readonly [
+  device: string,
+  epoch: number,
+  seq: number,
+  kind: string,
+  deviceTs: number,
+  receivedAt: number,
+  gateway: string,
+  traceparent: string | null,
+  body: string
+]
+
+// Rows cross the thread boundary as one string: fields split by \u0001, rows ended by \u0002.
+// Neither can occur inside a field: ids, kinds and traceparents are restricted to printable
+// ASCII, numbers are digits, and JSON text escapes every control character.
+const FIELD = "\u0001"
+const END = "\u0002"
+
+/** Packs envelopes into the one string sent to the writer thread (body as JSON text). */
+export const packEnvelopes = (batch: ReadonlyArray<Envelope>): string => {
+  let out = ""
+  for (const e of batch) {
+    out += e.device + FIELD + e.epoch + FIELD + e.seq + FIELD + e.kind + FIELD + e.deviceTs + FIELD + e.receivedAt +
+      FIELD + e.gateway + FIELD + (e.traceparent ?? "") + FIELD + JSON.stringify(e.body) + END
+  }
+  return out
+}
+
+/** Unpacks what {@link packEnvelopes} packed. */
+export const unpackRows = (packed: string): Array<Row> => {
+  const rows: Array<Row> = []
+  let start = 0
+  let end = packed.indexOf(END)
+  while (end !== -1) {
+    const f = packed.slice(start, end).split(FIELD)
+    rows.push([f[0]!, Number(f[1]), Number(f[2]), f[3]!, Number(f[4]), Number(f[5]), f[6]!, f[7] === "" ? null : f[7]!, f[8]!])
+    start = end + 1
+    end = packed.indexOf(END, start)
+  }
+  return rows
+}
+
+// SQLite primary result codes that a retry can outlive (busy, locked, nomem, I/O, full, cantopen, protocol).
+const TRANSIENT_CODES = new Set([5, 6, 7, 10, 13, 14, 15])
+
+/** True when a node:sqlite error is worth retrying. */
+export const isTransient = (e: unknown): boolean =>
+  TRANSIENT_CODES.has((((e as { readonly errcode?: number }).errcode) ?? 1) & 0xff)
+
+/** The message of an unknown thrown value. */
+export const describe = (e: unknown): string => (e instanceof Error ? e.message : String(e))
+
+/** Opens (and creates) the database in WAL mode; checkpoints are left to a separate thread. */
+export const openDatabase = (path: string, synchronous: "normal" | "full"): DatabaseSync => {
+  const db = new DatabaseSync(path)
+  db.exec(`PRAGMA journal_mode = WAL; PRAGMA synchronous = ${synchronous === "full" ? "FULL" : "NORMAL"};
+    PRAGMA wal_autocheckpoint = 0; PRAGMA busy_timeout = 1000; PRAGMA cache_size = -32768;`)
+  db.exec(SCHEMA)
+  return db
+}
+
+/** Prepared statements of the writer. */
+export interface Statements {
+  readonly insert: StatementSync
+  readonly upsertState: StatementSync
+  readonly deadLetter: StatementSync
+}
+
+/** Prepares the writer's statements. */
+export const prepare = (db: DatabaseSync): Statements => ({
+  insert: db.prepare(
+    `INSERT INTO messages (device, epoch, seq, kind, device_ts, received_at, gateway, traceparent, body)
+     VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (device, epoch, seq) DO NOTHING`
+  ),
+  upsertState: db.prepare(
+    `INSERT INTO device_state (device, epoch, last_seq) VALUES (?, ?, ?)
+     ON CONFLICT (device, epoch) DO UPDATE SET last_seq = max(last_seq, excluded.last_seq)`
+  ),
+  deadLetter: db.prepare(
+    `INSERT INTO dead_letters (device, epoch, seq, kind, reason, envelope, failed_at) VALUES (?, ?, ?, ?, ?, ?, ?)`
+  )
+})
+
+/** What writing a batch produced: a byte per row and the reasons of rejected rows. */
+export interface BatchResult {
+  readonly outcomes: Uint8Array
+  readonly rejections: Array<readonly [index: number, reason: string]>
+}
+
+class TransientRow extends Error {}
+
+/**
+ * Writes one batch in one transaction. A row the store refuses (constraint, size) is rejected
+ * and dead-lettered alone; a transient failure rolls the whole batch back and is thrown.
+ */
+export const writeBatch = (db: DatabaseSync, st: Statements, rows: ReadonlyArray<Row>, now: number): BatchResult => {
+  const outcomes = new Uint8Array(rows.length)
+  const rejections: Array<readonly [number, string]> = []
+  const tops = new Map<string, { device: string; epoch: number; seq: number }>()
+  db.exec("BEGIN IMMEDIATE")
+  try {
+    for (let i = 0; i < rows.length; i++) {
+      const r = rows[i]!
+      try {
+        const result = st.insert.run(r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7], r[8])
+        outcomes[i] = result.changes === 0 ? Outcome.Duplicate : Outcome.Committed
+      } catch (error) {
+        if (isTransient(error)) throw new TransientRow(describe(error), { cause: error })
+        outcomes[i] = Outcome.Rejected
+        rejections.push([i, describe(error)])
+        deadLetter(st, r, describe(error), now)
+        continue
+      }
+      const key = `${r[0]}\u0000${r[1]}`
+      const top = tops.get(key)
+      if (top === undefined) tops.set(key, { device: r[0], epoch: r[1], seq: r[2] })
+      else if (r[2] > top.seq) top.seq = r[2]
+    }
+    for (const t of tops.values()) st.upsertState.run(t.device, t.epoch, t.seq)
+    db.exec("COMMIT")
+  } catch (error) {
+    if (db.isTransaction) db.exec("ROLLBACK")
+    throw error instanceof TransientRow ? error.cause : error
+  }
+  return { outcomes, rejections }
+}
+
+const deadLetter = (st: Statements, r: Row, reason: string, now: number) => {
+  try {
+    st.deadLetter.run(r[0], r[1], r[2], r[3], reason, JSON.stringify(r), now)
+  } catch {
+    // best effort: the message is nacked either way
+  }
+}
