@@ -8,11 +8,14 @@
  *   silently and every dropped message must still be answered.
  * A one-slot doorbell wakes the persistence stage when either lane receives work.
  */
-import { Context, Effect, Exit, Layer, Queue, type Tracer } from "effect"
+import { Context, Effect, Exit, Layer, Queue, Schedule, type Tracer } from "effect"
 import { GatewayConfig } from "../config/GatewayConfig.ts"
 import type { Envelope } from "../domain/Envelope.ts"
 import { nackFrame } from "../domain/Frames.ts"
 import * as Metrics from "../observability/Metrics.ts"
+
+/** How often the lane depth gauges are sampled. */
+const DEPTH_SAMPLE_EVERY = "200 millis"
 
 /** Where a message's answer goes: the ordered answer table of its connection. */
 export interface Replier {
@@ -68,6 +71,11 @@ export class Lanes extends Context.Service<Lanes, LanesShape>()("gateway/Lanes")
       Metrics.record(Metrics.laneCapacity("bulk"), config.bulkQueue)
       const criticalDepth = Metrics.laneDepth("critical")
       const bulkDepth = Metrics.laneDepth("bulk")
+      // Depth gauges are sampled, not updated per offer: no work on the hot path for them.
+      yield* Effect.sync(() => {
+        Metrics.record(criticalDepth, Queue.sizeUnsafe(critical))
+        Metrics.record(bulkDepth, Queue.sizeUnsafe(bulk))
+      }).pipe(Effect.repeat(Schedule.spaced(DEPTH_SAMPLE_EVERY)), Effect.forkScoped)
 
       const shed = (old: InFlight) => {
         old.replier.resolve(old.ticket, nackFrame(old.envelope.seq, "shed", "telemetry shed under overload"))
@@ -94,10 +102,7 @@ export class Lanes extends Context.Service<Lanes, LanesShape>()("gateway/Lanes")
           Effect.gen(function*() {
             const batch = yield* takeReady(critical, max)
             const rest = max - batch.length
-            const out = rest > 0 ? batch.concat(yield* takeReady(bulk, rest)) : batch
-            Metrics.record(criticalDepth, Queue.sizeUnsafe(critical))
-            Metrics.record(bulkDepth, Queue.sizeUnsafe(bulk))
-            return out
+            return rest > 0 ? batch.concat(yield* takeReady(bulk, rest)) : batch
           }),
         awaitWork: Effect.asVoid(Queue.take(doorbell)),
         size: () => Queue.sizeUnsafe(critical) + Queue.sizeUnsafe(bulk)

@@ -1,0 +1,30 @@
+/**
+ * Test support: reads the gateway's SQLite store directly, as an operator would.
+ */
+import * as Path from "node:path"
+import { DatabaseSync } from "node:sqlite"
+
+/** A row of `messages`. */
+export interface MessageRow {
+  readonly device: string
+  readonly epoch: number
+  readonly seq: number
+  readonly kind: string
+  readonly device_ts: number
+  readonly received_at: number
+  readonly gateway: string
+  readonly traceparent: string | null
+  readonly body: string
+}
+
+/** Every row of `messages` for a device (all devices when omitted), ordered by key. */
+export const rows = (dataDir: string, device?: string): Array<MessageRow> => {
+  const db = new DatabaseSync(Path.join(dataDir, "gateway.db"), { readOnly: true })
+  try {
+    const sql = `SELECT * FROM messages ${device === undefined ? "" : "WHERE device = ?"} ORDER BY device, epoch, seq`
+    const stmt = db.prepare(sql)
+    return (device === undefined ? stmt.all() : stmt.all(device)) as unknown as Array<MessageRow>
+  } finally {
+    db.close()
+  }
+}
