@@ -29,7 +29,7 @@ const program = Effect.gen(function*() {
       const cuts = lifecycle.cuts()
       if (cuts.length > 0) {
         exitCode = 1
-        yield* Effect.logError("shutdown cut by GATEWAY_DRAIN_TIMEOUT_MS", { cuts })
+        yield* Effect.logError("shutdown cut by GATEWAY_DRAIN_TIMEOUT_MS").pipe(Effect.annotateLogs({ cuts }))
       } else {
         yield* Effect.logInfo("shutdown complete: everything drained")
       }

@@ -53,13 +53,12 @@ export class DeviceAuth extends Context.Service<DeviceAuth, DeviceAuthShape>()("
       const config = yield* GatewayConfig
       if (Option.isNone(config.devicesFile)) {
         yield* Effect.logWarning(
-          "no device registry (GATEWAY_DEVICES): accepting every device, listening on loopback only",
-          { host: config.host }
-        )
+          "no device registry (GATEWAY_DEVICES): accepting every device, listening on loopback only"
+        ).pipe(Effect.annotateLogs({ host: config.host }))
         return DeviceAuth.of({ authenticate: () => Result.succeed(ALL_KINDS) })
       }
       const entries = yield* loadRegistry(config.devicesFile.value)
-      yield* Effect.logInfo("device registry loaded", { devices: entries.size })
+      yield* Effect.logInfo("device registry loaded").pipe(Effect.annotateLogs({ devices: entries.size }))
       return DeviceAuth.of({ authenticate: (device, token) => check(entries, device, token) })
     })
   )

@@ -84,7 +84,9 @@ export const layer = Layer.effectDiscard(Effect.gen(function*() {
   const fail = (batch: ReadonlyArray<InFlight>, error: TransientUpstreamError | PermanentPersistenceError) =>
     Effect.gen(function*() {
       const transient = error._tag === "TransientUpstreamError"
-      yield* Effect.logWarning("sink batch failed", { sink: sink.name, size: batch.length, error: error.message })
+      yield* Effect.logWarning("sink batch failed").pipe(
+        Effect.annotateLogs({ sink: sink.name, size: batch.length, error: error.message })
+      )
       Metrics.record(Metrics.errors(error._tag), 1)
       const dirty = new Set<Replier>()
       for (const item of batch) {

@@ -24,8 +24,11 @@ export interface TestGateway {
 /** A fresh temporary directory. */
 export const tempDir = (prefix = "gw-test-") => Fs.mkdtempSync(Path.join(Os.tmpdir(), prefix))
 
-/** Starts a gateway with the given environment overrides (ports default to 0). */
-export const startGateway = async (env: Record<string, string> = {}): Promise<TestGateway> => {
+/** Starts a gateway with the given environment overrides (ports default to 0); tracing off unless given. */
+export const startGateway = async (
+  env: Record<string, string> = {},
+  tracing: Layer.Layer<MessageTracer> = MessageTracer.disabled
+): Promise<TestGateway> => {
   const dataDir = env["GATEWAY_DATA_DIR"] ?? tempDir()
   const config = GatewayConfig.layerWith({
     GATEWAY_PORT: "0",
@@ -37,7 +40,7 @@ export const startGateway = async (env: Record<string, string> = {}): Promise<Te
   const scope = Effect.runSync(Scope.make())
   const quiet = Logger.layer([])
   const services = await Effect.runPromise(
-    Layer.buildWithScope(Gateway.layer(config, MessageTracer.disabled).pipe(Layer.provide(quiet)), scope)
+    Layer.buildWithScope(Gateway.layer(config, tracing).pipe(Layer.provide(quiet)), scope)
   )
   const port = Context.get(services, Listener).port
   const adminPort = Context.get(services, AdminPort).port
