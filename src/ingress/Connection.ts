@@ -76,6 +76,9 @@ export class Connection implements Replier, Replaceable {
   private ended = false
   private waiter: (() => void) | undefined = undefined
   private result: Metrics.ConnectionResult = "closed"
+  /** Arrival time of the chunk being handled: `performance.now()` and epoch ms. */
+  private arrivedAt = 0
+  private receivedAt = 0
   private readonly socket: Net.Socket
   private readonly env: ConnectionEnv
 
@@ -160,6 +163,9 @@ export class Connection implements Replier, Replaceable {
   // ---- frames ----
 
   private process(chunk: Buffer): void {
+    // every frame of a chunk arrived at the same moment: read the clocks once per chunk
+    this.arrivedAt = performance.now()
+    this.receivedAt = Date.now()
     const tooLarge = this.framer.push(chunk, (buf, start, end) => this.onFrame(buf, start, end))
     if (tooLarge !== undefined && this.state !== "closed") {
       this.fatal("frame_too_large", `frame exceeds maxFrameBytes (${this.env.config.maxFrameBytes})`, "protocol_error")
@@ -245,14 +251,14 @@ export class Connection implements Replier, Replaceable {
         seq,
         kind,
         deviceTs: toEpochMs(f.ts),
-        receivedAt: Date.now(),
+        receivedAt: this.receivedAt,
         gateway: env.config.gatewayId,
         traceparent: traced?.traceparent ?? f.trace ?? null,
         body: f.body
       },
       replier: this,
       ticket,
-      arrivedAt: performance.now(),
+      arrivedAt: this.arrivedAt,
       span: traced?.span
     }
     this.offered++
