@@ -17,14 +17,25 @@ export const DeviceId = Schema.String.check(
 /** A non-negative safe integer: sequence numbers, epochs, epoch milliseconds. */
 export const SafeUint = Schema.Int.check(Schema.isBetween({ minimum: 0, maximum: Number.MAX_SAFE_INTEGER }))
 
-const RFC3339 = /^\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2}(\.\d{1,9})?([Zz]|[+-]\d{2}:\d{2})$/
+const RFC3339 = /^(\d{4})-(\d{2})-(\d{2})[Tt ](\d{2}):(\d{2}):(\d{2})(\.\d{1,9})?([Zz]|[+-](\d{2}):(\d{2}))$/
+
+/** An RFC 3339 timestamp naming a real instant (no 30 February, no hour 25). */
+const isRfc3339 = (s: string): boolean => {
+  const m = RFC3339.exec(s)
+  if (m === null) return false
+  const [year, month, day, hour, minute, second] = [m[1], m[2], m[3], m[4], m[5], m[6]].map(Number) as [
+    number, number, number, number, number, number
+  ]
+  const daysInMonth = new Date(Date.UTC(year, month, 0)).getUTCDate()
+  return month >= 1 && month <= 12 && day >= 1 && day <= daysInMonth && hour <= 23 && minute <= 59 && second <= 60 &&
+    Number(m[9] ?? 0) <= 23 && Number(m[10] ?? 0) <= 59
+}
 
 /** Device time: epoch milliseconds or an RFC 3339 string (normalized by {@link toEpochMs}). */
 export const DeviceTime = Schema.Union([
   SafeUint,
   Schema.String.check(
-    Schema.isPattern(RFC3339, { message: "ts must be epoch milliseconds or an RFC 3339 string" }),
-    Schema.makeFilter((s: string) => !Number.isNaN(Date.parse(s)), { message: "ts is not a real date" })
+    Schema.makeFilter(isRfc3339, { message: "ts must be epoch milliseconds or an RFC 3339 date-time" })
   )
 ])
 
@@ -108,7 +119,7 @@ const isPlainObject = (u: unknown): u is Fields =>
 const isDeviceTime = (ts: unknown): boolean =>
   typeof ts === "number"
     ? Number.isSafeInteger(ts) && ts >= 0
-    : typeof ts === "string" && RFC3339.test(ts) && !Number.isNaN(Date.parse(ts))
+    : typeof ts === "string" && isRfc3339(ts)
 
 /** True for a plain object whose own values all pass `valid` (no `__proto__` key). */
 const isRecordOf = (u: unknown, valid: (v: unknown) => boolean): u is Fields => {
@@ -164,7 +175,8 @@ export const decodeHello = (input: unknown): Result.Result<Hello, string> =>
 const oneLine = (message: string) => message.replace(/\s*\n\s*/g, " ")
 
 /** Normalizes validated device time to epoch milliseconds. */
-export const toEpochMs = (ts: number | string): number => typeof ts === "number" ? ts : Date.parse(ts)
+export const toEpochMs = (ts: number | string): number =>
+  typeof ts === "number" ? ts : Date.parse(ts.replace(/:60(?=[.Zz+-])/, ":59")) + (/:60(?=[.Zz+-])/.test(ts) ? 1000 : 0)
 
 /** True for a well-formed W3C traceparent (version 00, non-zero ids). */
 export const isTraceparent = (s: string): boolean =>

@@ -1,7 +1,7 @@
 /**
  * Newline framing of PROTOCOL.md over a byte stream: a frame is one line ended by `\n`
  * (a `\r` before it is dropped), blank lines are ignored, and a frame longer than
- * `maxFrameBytes` (newline excluded) is refused. It never holds more than `maxFrameBytes` of an
+ * `maxFrameBytes` (its `\r\n` or `\n` excluded) is refused. It never holds more than `maxFrameBytes` of an
  * unfinished frame, so a 50 MB line without a newline costs at most that much memory.
  */
 
@@ -41,7 +41,7 @@ export class LineFramer {
     let start = 0
     let nl = chunk.indexOf(NL)
     if (this.pending !== undefined && nl !== -1) {
-      const size = this.pending.length + nl
+      const size = this.pending.length + nl - (endsWithCR(chunk, 0, nl, this.pending) ? 1 : 0)
       if (size > this.maxFrameBytes) return tooLarge(size)
       const line = Buffer.concat([this.pending, chunk.subarray(0, nl)])
       this.pending = undefined
@@ -50,13 +50,15 @@ export class LineFramer {
       nl = chunk.indexOf(NL, start)
     }
     while (nl !== -1) {
-      if (nl - start > this.maxFrameBytes) return tooLarge(nl - start)
+      const size = nl - start - (nl > start && chunk[nl - 1] === CR ? 1 : 0)
+      if (size > this.maxFrameBytes) return tooLarge(size)
       emit(chunk, start, nl, onFrame)
       start = nl + 1
       nl = chunk.indexOf(NL, start)
     }
     if (start < chunk.length) {
-      const held = (this.pending?.length ?? 0) + chunk.length - start
+      // a trailing \r may be the first half of the \r\n that ends a frame of exactly the limit
+      const held = (this.pending?.length ?? 0) + chunk.length - start - (chunk[chunk.length - 1] === CR ? 1 : 0)
       if (held > this.maxFrameBytes) return tooLarge(held)
       const rest = chunk.subarray(start)
       this.pending = this.pending === undefined ? Buffer.from(rest) : Buffer.concat([this.pending, rest])
@@ -71,6 +73,10 @@ export class LineFramer {
     return r ?? out
   }
 }
+
+/** True when the frame made of `pending` + `chunk[start, nl)` ends with `\r`. */
+const endsWithCR = (chunk: Buffer, start: number, nl: number, pending: Buffer) =>
+  nl > start ? chunk[nl - 1] === CR : pending[pending.length - 1] === CR
 
 const tooLarge = (size: number): FrameTooLarge => ({ _tag: "FrameTooLarge", size })
 

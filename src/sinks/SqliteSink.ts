@@ -31,7 +31,13 @@ export interface SqliteSinkOptions {
 
 const startWorker = (file: string, workerData: unknown) =>
   Effect.acquireRelease(
-    Effect.sync(() => new Worker(new URL(file, import.meta.url), { workerData })),
+    // small heaps: a worker only ever holds a batch or two
+    Effect.sync(() =>
+      new Worker(new URL(file, import.meta.url), {
+        workerData,
+        resourceLimits: { maxYoungGenerationSizeMb: 16, maxOldGenerationSizeMb: 256 }
+      })
+    ),
     (worker) => Effect.promise(() => worker.terminate())
   )
 
@@ -43,7 +49,7 @@ export const make = Effect.fn("SqliteSink.make")(function*(options: SqliteSinkOp
       try: () => {
         Fs.mkdirSync(options.dataDir, { recursive: true })
         const db = openDatabase(path, options.synchronous) // creates the schema before the threads start
-        db.exec("PRAGMA query_only = 1")
+        db.exec("PRAGMA query_only = 1; PRAGMA cache_size = -2048")
         return db
       },
       catch: (cause) => new PermanentPersistenceError({ sink: "sqlite", message: `cannot open ${path}: ${describe(cause)}`, cause })

@@ -79,7 +79,7 @@ export const describe = (e: unknown): string => (e instanceof Error ? e.message 
 export const openDatabase = (path: string, synchronous: "normal" | "full"): DatabaseSync => {
   const db = new DatabaseSync(path)
   db.exec(`PRAGMA journal_mode = WAL; PRAGMA synchronous = ${synchronous === "full" ? "FULL" : "NORMAL"};
-    PRAGMA wal_autocheckpoint = 0; PRAGMA busy_timeout = 1000; PRAGMA cache_size = -32768;`)
+    PRAGMA wal_autocheckpoint = 0; PRAGMA busy_timeout = 1000; PRAGMA cache_size = -16384;`)
   db.exec(SCHEMA)
   return db
 }

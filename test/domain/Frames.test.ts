@@ -126,6 +126,15 @@ describe("decodeDataFrame", () => {
     }
   })
 
+  it("rejects dates that do not exist and accepts a leap second", () => {
+    const frame = (ts: string) => ({ type: "telemetry", seq: 1, ts, body: { metrics: {} } })
+    for (const ts of ["2024-02-30T00:00:00Z", "2023-02-29T00:00:00Z", "2024-01-01T24:00:00Z", "2024-01-01T00:00:00+25:00"]) {
+      expect(Result.isFailure(decodeDataFrame("telemetry", frame(ts)))).toBe(true)
+    }
+    expect(Result.isSuccess(decodeDataFrame("telemetry", frame("2024-02-29T00:00:00Z")))).toBe(true)
+    expect(toEpochMs("2016-12-31T23:59:60Z")).toBe(Date.parse("2017-01-01T00:00:00Z"))
+  })
+
   it("rejects a metric value that is not a number, naming its path", () => {
     const message = failureOf(decodeDataFrame("telemetry", telemetry({ body: { metrics: { temp: "hot" } } })))
     expect(message).toContain(path("body", "metrics", "temp"))

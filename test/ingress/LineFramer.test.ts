@@ -288,3 +288,18 @@ describe("LineFramer", () => {
     expect(seen).toEqual([`{"a":1}`])
   })
 })
+
+describe("the limit excludes the line ending", () => {
+  it("accepts a frame of exactly maxFrameBytes ended by \\r\\n, however it is split", () => {
+    const frame = "x".repeat(64)
+    const bytes = Buffer.from(frame + "\r\n")
+    for (let cut = 0; cut <= bytes.length; cut++) {
+      const framer = new LineFramer(64)
+      const a = framer.pushAll(bytes.subarray(0, cut))
+      const b = framer.pushAll(bytes.subarray(cut))
+      expect(Array.isArray(a) && Array.isArray(b)).toBe(true)
+      if (Array.isArray(a) && Array.isArray(b)) expect([...a, ...b].map(String)).toEqual([frame])
+    }
+    expect(Array.isArray(new LineFramer(64).pushAll(Buffer.from("x".repeat(65) + "\r\n")))).toBe(false)
+  })
+})
