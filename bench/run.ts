@@ -17,7 +17,7 @@ const { values: args } = parseArgs({
   options: {
     seconds: { type: "string", default: "10" },
     only: { type: "string" },
-    "semi-space": { type: "string", default: "64" }
+    "semi-space": { type: "string", default: "16" }
   }
 })
 const seconds = Number(args.seconds)

@@ -3,7 +3,7 @@
  * the layers, and on SIGTERM/SIGINT drains them in order. Exits 0 when everything drained, 1
  * with a summary when the drain deadline cut it.
  */
-import { NodeRuntime } from "@effect/platform-node"
+import * as NodeRuntime from "@effect/platform-node/NodeRuntime"
 import { Context, Effect, Exit, Layer, Logger, Scope } from "effect"
 import { describeConfigError } from "./config/GatewayConfig.ts"
 import * as Gateway from "./Gateway.ts"

@@ -34,7 +34,7 @@ export const gatewayConfig = Config.all({
   bulkQueue: int("GATEWAY_BULK_QUEUE", 65_536, 1),
   maxInflight: int("GATEWAY_MAX_INFLIGHT", 1_024, 1),
   batchMax: int("GATEWAY_BATCH_MAX", 4_096, 1),
-  batchLingerMs: int("GATEWAY_BATCH_LINGER_MS", 2, 0, 60_000),
+  batchLingerMs: int("GATEWAY_BATCH_LINGER_MS", 0, 0, 60_000),
   maxFrameBytes: int("GATEWAY_MAX_FRAME_BYTES", 65_536, 64, 16 * 1024 * 1024),
   keepaliveMs: int("GATEWAY_KEEPALIVE_MS", 30_000, 100),
   helloTimeoutMs: int("GATEWAY_HELLO_TIMEOUT_MS", 5_000, 10),

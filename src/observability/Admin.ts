@@ -2,7 +2,7 @@
  * The admin HTTP port: Prometheus text at `/metrics`, liveness at `/healthz` (the process
  * serves), readiness at `/readyz` (false while draining or when the sink cannot take writes).
  */
-import { NodeHttpServer } from "@effect/platform-node"
+import * as NodeHttpServer from "@effect/platform-node/NodeHttpServer"
 import { Context, Effect, Layer } from "effect"
 import { HttpRouter, HttpServer, HttpServerResponse } from "effect/http"
 import { PrometheusMetrics } from "effect/observability"

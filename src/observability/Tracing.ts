@@ -5,9 +5,6 @@
  * device's `trace`, started by a plain function call (no Effect per message) and ended at its
  * answer; with tracing off, {@link MessageTracer} does nothing and costs one branch.
  */
-import * as NodeSdk from "@effect/opentelemetry/NodeSdk"
-import { OTLPTraceExporter } from "@opentelemetry/exporter-trace-otlp-http"
-import { BatchSpanProcessor } from "@opentelemetry/sdk-trace-base"
 import { Context, Effect, Layer, Option, Tracer } from "effect"
 import { isTraceparent, type Kind } from "../domain/Frames.ts"
 
@@ -65,11 +62,21 @@ export class MessageTracer extends Context.Service<MessageTracer, MessageTracerS
 export const otlpEndpoint = (env: NodeJS.ProcessEnv = process.env): string | undefined =>
   env["OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"] ?? env["OTEL_EXPORTER_OTLP_ENDPOINT"]
 
-/** The OpenTelemetry SDK exporting spans over OTLP/HTTP (the exporter reads the OTEL_* variables). */
+/**
+ * The OpenTelemetry SDK exporting spans over OTLP/HTTP (the exporter reads the OTEL_* variables).
+ * Loaded on demand: the SDK costs ~40 MB of memory, which a gateway without tracing never pays.
+ */
 export const otlpLayer = (serviceName: string) =>
-  NodeSdk.layer(() => ({
-    resource: { serviceName: process.env["OTEL_SERVICE_NAME"] ?? serviceName },
-    spanProcessor: new BatchSpanProcessor(new OTLPTraceExporter())
+  Layer.unwrap(Effect.promise(async () => {
+    const [NodeSdk, { OTLPTraceExporter }, { BatchSpanProcessor }] = await Promise.all([
+      import("@effect/opentelemetry/NodeSdk"),
+      import("@opentelemetry/exporter-trace-otlp-http"),
+      import("@opentelemetry/sdk-trace-base")
+    ])
+    return NodeSdk.layer(() => ({
+      resource: { serviceName: process.env["OTEL_SERVICE_NAME"] ?? serviceName },
+      spanProcessor: new BatchSpanProcessor(new OTLPTraceExporter())
+    }))
   }))
 
 /** Tracing as configured by the environment: OTLP + per-message spans, or nothing. */

@@ -8,19 +8,11 @@ import { Context, type Effect } from "effect"
 import type { Envelope } from "../domain/Envelope.ts"
 import type { PermanentPersistenceError, TransientUpstreamError } from "../domain/Errors.ts"
 
-/** Outcome codes, one per message of a batch (a byte each: no object per message). */
-export const Outcome = {
-  /** Written now. */
-  Committed: 0,
-  /** Already in the store: the message had been committed before (ack `dup:true`). */
-  Duplicate: 1,
-  /** Refused by the store (constraint, size, schema): dead-lettered, nacked, never retried. */
-  Rejected: 2
-} as const
+export { Outcome } from "./Outcome.ts"
 
 /** The result of writing one batch. */
 export interface WriteResult {
-  /** `outcomes[i]` is the {@link Outcome} of `batch[i]`. */
+  /** `outcomes[i]` is the Outcome code of `batch[i]`. */
   readonly outcomes: Uint8Array
   /** Why each rejected message was refused, by its index in the batch. */
   readonly rejections: ReadonlyMap<number, string>

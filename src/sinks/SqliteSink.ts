@@ -35,7 +35,7 @@ const startWorker = (file: string, workerData: unknown) =>
     Effect.sync(() =>
       new Worker(new URL(file, import.meta.url), {
         workerData,
-        resourceLimits: { maxYoungGenerationSizeMb: 16, maxOldGenerationSizeMb: 256 }
+        resourceLimits: { maxYoungGenerationSizeMb: 8, maxOldGenerationSizeMb: 64 }
       })
     ),
     (worker) => Effect.promise(() => worker.terminate())

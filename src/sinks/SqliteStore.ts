@@ -5,7 +5,7 @@
  */
 import { DatabaseSync, type StatementSync } from "node:sqlite"
 import type { Envelope } from "../domain/Envelope.ts"
-import { Outcome } from "./Sink.ts"
+import { Outcome } from "./Outcome.ts"
 
 /** The schema of DESIGN.md, plus the per-device state and dead letters. */
 export const SCHEMA = `

@@ -1,0 +1,12 @@
+/**
+ * Per-message outcome codes of a sink batch, a byte each (no object per message). A module of
+ * its own, free of imports, so the SQLite writer thread can use it without loading Effect.
+ */
+export const Outcome = {
+  /** Written now. */
+  Committed: 0,
+  /** Already in the store: the message had been committed before (ack `dup:true`). */
+  Duplicate: 1,
+  /** Refused by the store (constraint, size, schema): dead-lettered, nacked, never retried. */
+  Rejected: 2
+} as const
