@@ -5,6 +5,7 @@
  *
  *   npm run bench                       # both scenarios, 10 s each
  *   npm run bench -- --seconds 5 --only throughput
+ *   npm run bench -- --old-space 256    # cap V8's old generation (less RSS, more major GCs)
  */
 import { type ChildProcess, spawn } from "node:child_process"
 import * as Fs from "node:fs"
@@ -17,7 +18,8 @@ const { values: args } = parseArgs({
   options: {
     seconds: { type: "string", default: "10" },
     only: { type: "string" },
-    "semi-space": { type: "string", default: "16" }
+    "semi-space": { type: "string", default: "16" },
+    "old-space": { type: "string" }
   }
 })
 const seconds = Number(args.seconds)
@@ -76,6 +78,7 @@ const gateway = (dataDir: string) => () =>
   start([
     "--disable-warning=ExperimentalWarning",
     `--max-semi-space-size=${args["semi-space"]}`,
+    ...(args["old-space"] === undefined ? [] : [`--max-old-space-size=${args["old-space"]}`]),
     "src/main.ts"
   ], {
     GATEWAY_PORT: "0",
