@@ -72,9 +72,6 @@ export class GatewayConfig extends Context.Service<GatewayConfig, GatewayConfigS
 const LOOPBACK = /^(127\.\d+\.\d+\.\d+|::1|localhost)$/
 const loopbackOf = (host: string) => LOOPBACK.test(host) ? host : "127.0.0.1"
 
-/** True when `host` is not a loopback address (used to warn that open access forced loopback). */
-export const isLoopback = (host: string) => LOOPBACK.test(host)
-
 /** One line for a configuration failure: the variable and what it expected. */
 export const describeConfigError = (error: Config.ConfigError): string =>
   `invalid configuration: ${error.message.replace(/^SchemaError\(|\)$/g, "").replace(/\s*\n\s*/g, " ")}`

@@ -17,6 +17,3 @@ export interface Envelope {
   readonly traceparent: string | null
   readonly body: TelemetryBody | EventBody
 }
-
-/** The idempotency key of a message: `<device>:<epoch>:<seq>` (also the JetStream Nats-Msg-Id). */
-export const messageKey = (e: Pick<Envelope, "device" | "epoch" | "seq">): string => `${e.device}:${e.epoch}:${e.seq}`

@@ -58,11 +58,3 @@ export class PermanentPersistenceError extends Data.TaggedError("PermanentPersis
   }
 }
 
-/** Every taxonomy class, for counters labelled by class. */
-export type GatewayError =
-  | ProtocolError
-  | AuthError
-  | ValidationError
-  | OverloadError
-  | TransientUpstreamError
-  | PermanentPersistenceError

@@ -30,8 +30,6 @@ import { SessionRegistry } from "./Sessions.ts"
 export interface ListenerShape {
   /** The port actually bound (useful with GATEWAY_PORT=0). */
   readonly port: number
-  /** Open connections. */
-  readonly connections: () => number
 }
 
 /** The device listener service. */
@@ -89,7 +87,7 @@ export class Listener extends Context.Service<Listener, ListenerShape>()("gatewa
           for (const c of open) c.shutdown()
         })
       )
-      return Listener.of({ port, connections: () => open.size })
+      return Listener.of({ port })
     })
   )
 }

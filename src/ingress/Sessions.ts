@@ -26,11 +26,6 @@ export class Sessions {
   release(device: string, conn: Replaceable): void {
     if (this.live.get(device) === conn) this.live.delete(device)
   }
-
-  /** Number of devices with a live session. */
-  get size(): number {
-    return this.live.size
-  }
 }
 
 /** The sessions registry as a service. */
