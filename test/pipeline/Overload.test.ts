@@ -117,6 +117,30 @@ describe("overload policy", () => {
   })
 })
 
+describe("store rejections", () => {
+  it("a message the store refuses is nacked and dead-lettered alone; the rest of its batch commits", async () => {
+    const g = await gateway({ GATEWAY_BATCH_LINGER_MS: "20" })
+    const db = new DatabaseSync(Path.join(g.dataDir, "gateway.db"))
+    cleanups.push(() => db.close())
+    // a real refusal by the store: a trigger raising a constraint error for one key
+    db.exec(`CREATE TRIGGER refuse_13 BEFORE INSERT ON messages WHEN NEW.seq = 13
+             BEGIN SELECT RAISE(ABORT, 'seq 13 refused by policy'); END`)
+    const d = await open(g, "dev-reject")
+    d.send(telemetry(12), telemetry(13), event(14))
+    const [a, b, c] = await d.take(3)
+    expect(a).toEqual({ type: "ack", seq: 12 })
+    expect(b).toMatchObject({ type: "nack", seq: 13, code: "invalid", retry: false })
+    expect(String(b!["message"])).toContain("seq 13 refused by policy")
+    expect(c).toEqual({ type: "ack", seq: 14 })
+    expect(rows(g.dataDir, "dev-reject").map((r) => r.seq)).toEqual([12, 14])
+    const dead = db.prepare("SELECT device, seq, reason FROM dead_letters").all()
+    expect(dead).toEqual([{ device: "dev-reject", seq: 13, reason: "seq 13 refused by policy" }])
+    const metrics = await (await fetch(`http://127.0.0.1:${g.adminPort}/metrics`)).text()
+    expect(metrics).toContain('gateway_messages_total{kind="telemetry",outcome="rejected"} 1')
+    expect(metrics).toMatch(/gateway_errors_total\{class="PermanentPersistenceError"\} [1-9]/)
+  })
+})
+
 describe("graceful shutdown", () => {
   it("readiness goes false, devices get goaway, in-flight work is answered before the close", async () => {
     const g = await gateway({ GATEWAY_DRAIN_TIMEOUT_MS: "10000" })
