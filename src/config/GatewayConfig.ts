@@ -27,7 +27,10 @@ export const gatewayConfig = Config.all({
   dataDir: Config.String("GATEWAY_DATA_DIR").pipe(Config.withDefault("./data")),
   sink: Config.Literals(["sqlite"], "GATEWAY_SINK").pipe(Config.withDefault("sqlite" as const)),
   devicesFile: Config.option(Config.String("GATEWAY_DEVICES")),
-  gatewayId: Config.String("GATEWAY_ID").pipe(Config.withDefault(`${Os.hostname()}-${process.pid}`)),
+  gatewayId: Config.schema(
+    Schema.String.check(Schema.isPattern(/^[\x21-\x7e]{1,128}$/, { message: "expected 1..128 printable ASCII characters" })),
+    "GATEWAY_ID"
+  ).pipe(Config.withDefault(`${Os.hostname()}-${process.pid}`)),
   maxConnections: int("GATEWAY_MAX_CONNECTIONS", 10_000, 1),
   busyRetryMs: int("GATEWAY_BUSY_RETRY_MS", 1_000, 1),
   criticalQueue: int("GATEWAY_CRITICAL_QUEUE", 16_384, 1),

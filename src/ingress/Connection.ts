@@ -20,6 +20,7 @@ import {
   decodeHello,
   errorFrame,
   goawayFrame,
+  isTraceparent,
   type Kind,
   nackFrame,
   PONG,
@@ -123,7 +124,10 @@ export class Connection implements Replier, Replaceable {
       else break
       if (this.state === "authenticating") yield* this.openSession
       this.afterChunk()
-      if (this.held.length > 0 && !this.pumping) yield* Effect.forkChild(this.pump)
+      if (this.held.length > 0 && !this.pumping) {
+        this.pumping = true // set before the fork: the child starts later, and only one pump may run
+        yield* Effect.forkChild(this.pump)
+      }
       if (this.state === "closing") {
         yield* this.waitUntil(() => this.answers.inflight === 0 || this.state === "closed")
         this.close()
@@ -253,7 +257,8 @@ export class Connection implements Replier, Replaceable {
         deviceTs: toEpochMs(f.ts),
         receivedAt: this.receivedAt,
         gateway: env.config.gatewayId,
-        traceparent: traced?.traceparent ?? f.trace ?? null,
+        // only a well-formed traceparent is kept: anything else is ignored (W3C), never stored
+        traceparent: traced?.traceparent ?? (f.trace !== undefined && isTraceparent(f.trace) ? f.trace : null),
         body: f.body
       },
       replier: this,
@@ -266,16 +271,23 @@ export class Connection implements Replier, Replaceable {
     else if (this.held.length > 0 || !env.lanes.tryOfferEvent(item)) this.held.push(item)
   }
 
-  /** Offers held events in order, suspending while the critical lane is full. */
+  /**
+   * Offers held events in order, suspending while the critical lane is full. "Nothing held" and
+   * "pump stopped" are decided in one synchronous step, so an event held meanwhile is never
+   * stranded.
+   */
   private readonly pump: Effect.Effect<void> = Effect.gen({ self: this }, function*() {
-    this.pumping = true
-    while (this.held.length > 0) {
+    while (true) {
       const batch = this.held
+      if (batch.length === 0) {
+        this.pumping = false
+        return
+      }
       this.held = []
       yield* this.env.lanes.offerEvents(batch)
       this.env.lanes.notify()
     }
-  }).pipe(Effect.ensuring(Effect.sync(() => (this.pumping = false))))
+  }).pipe(Effect.onInterrupt(() => Effect.sync(() => (this.pumping = false))))
 
   private afterChunk(): void {
     if (this.offered > 0) {
@@ -370,9 +382,18 @@ export class Connection implements Replier, Replaceable {
   }
 
   private onTimeout(): void {
-    // Silence we caused (we stopped reading for backpressure) is not the device's.
-    if (this.state === "open" && !this.hasRoom()) return
-    this.fatal("timeout", this.state === "open" ? "no frame within keepalive" : "no hello in time", "timeout")
+    const s = this.socket
+    if (s.writableLength >= MAX_OUTPUT_BYTES) {
+      // the device stopped reading its answers: give up on it
+      this.fatal("timeout", "device does not read its answers", "timeout")
+      s.destroy()
+    } else if (this.state === "closing" || (this.state === "open" && !this.hasRoom())) {
+      // silence we caused (we stopped reading, or are answering a bye) is not the device's
+      s.setTimeout(Math.ceil(this.env.config.keepaliveMs * 1.5))
+      return
+    } else {
+      this.fatal("timeout", this.state === "open" ? "no frame within keepalive" : "no hello in time", "timeout")
+    }
     this.wake()
   }
 

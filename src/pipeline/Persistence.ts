@@ -83,20 +83,18 @@ export const layer = Layer.effectDiscard(Effect.gen(function*() {
 
   const fail = (batch: ReadonlyArray<InFlight>, error: TransientUpstreamError | PermanentPersistenceError) =>
     Effect.gen(function*() {
-      const transient = error._tag === "TransientUpstreamError"
       yield* Effect.logWarning("sink batch failed").pipe(
         Effect.annotateLogs({ sink: sink.name, size: batch.length, error: error.message })
       )
       Metrics.record(Metrics.errors(error._tag), 1)
       const dirty = new Set<Replier>()
       for (const item of batch) {
-        const frame = transient
-          ? nackFrame(item.envelope.seq, "unavailable", `store unavailable: ${error.message}`, UNAVAILABLE_RETRY_AFTER_MS)
-          : nackFrame(item.envelope.seq, "invalid", `rejected by the store: ${error.message}`)
+        // the whole batch failed, not one message: the device keeps it and retries (PROTOCOL.md)
+        const frame = nackFrame(item.envelope.seq, "unavailable", `store unavailable: ${error.message}`, UNAVAILABLE_RETRY_AFTER_MS)
         item.replier.resolve(item.ticket, frame)
         dirty.add(item.replier)
         item.span?.end(process.hrtime.bigint(), SUCCESS)
-        Metrics.record(Metrics.messages(item.envelope.kind, transient ? "unavailable" : "rejected"), 1)
+        Metrics.record(Metrics.messages(item.envelope.kind, "unavailable"), 1)
       }
       for (const r of dirty) r.flush()
     })

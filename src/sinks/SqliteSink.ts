@@ -31,11 +31,11 @@ export interface SqliteSinkOptions {
 
 const startWorker = (file: string, workerData: unknown) =>
   Effect.acquireRelease(
-    // small heaps: a worker only ever holds a batch or two
+    // a small young generation; the old one must hold a batch of up to batchMax × maxFrameBytes
     Effect.sync(() =>
       new Worker(new URL(file, import.meta.url), {
         workerData,
-        resourceLimits: { maxYoungGenerationSizeMb: 8, maxOldGenerationSizeMb: 64 }
+        resourceLimits: { maxYoungGenerationSizeMb: 8, maxOldGenerationSizeMb: 1024 }
       })
     ),
     (worker) => Effect.promise(() => worker.terminate())
@@ -95,7 +95,7 @@ export const make = Effect.fn("SqliteSink.make")(function*(options: SqliteSinkOp
                 : new PermanentPersistenceError({ sink: "sqlite", message: reply.message })
             )
         ))
-      writer.postMessage({ id, rows: packEnvelopes(batch) })
+      writer.postMessage({ id, rows: packEnvelopes(batch), count: batch.length })
     })
 
   return Sink.of({

@@ -52,7 +52,7 @@ export const packEnvelopes = (batch: ReadonlyArray<Envelope>): string => {
 }
 
 /** Unpacks what {@link packEnvelopes} packed. */
-export const unpackRows = (packed: string): Array<Row> => {
+export const unpackRows = (packed: string, expected: number): Array<Row> => {
   const rows: Array<Row> = []
   let start = 0
   let end = packed.indexOf(END)
@@ -62,11 +62,22 @@ export const unpackRows = (packed: string): Array<Row> => {
     start = end + 1
     end = packed.indexOf(END, start)
   }
+  if (rows.length !== expected) throw new Error(`packed batch holds ${rows.length} rows, expected ${expected}`)
   return rows
 }
 
 // SQLite primary result codes that a retry can outlive (busy, locked, nomem, I/O, full, cantopen, protocol).
 const TRANSIENT_CODES = new Set([5, 6, 7, 10, 13, 14, 15])
+
+// Codes that concern one row only (constraint, too big, datatype mismatch, bind range); a bind
+// error raised by node:sqlite itself carries no errcode. Anything else fails the whole batch.
+const ROW_CODES = new Set([18, 19, 20, 25])
+
+/** True when an insert error concerns that row alone (the rest of the batch can commit). */
+export const isRowRejection = (e: unknown): boolean => {
+  const code = (e as { readonly errcode?: number }).errcode
+  return code === undefined || ROW_CODES.has(code & 0xff)
+}
 
 /** True when a node:sqlite error is worth retrying. */
 export const isTransient = (e: unknown): boolean =>
@@ -112,11 +123,11 @@ export interface BatchResult {
   readonly rejections: Array<readonly [index: number, reason: string]>
 }
 
-class TransientRow extends Error {}
+class BatchFailure extends Error {}
 
 /**
  * Writes one batch in one transaction. A row the store refuses (constraint, size) is rejected
- * and dead-lettered alone; a transient failure rolls the whole batch back and is thrown.
+ * and dead-lettered alone; any other failure rolls the whole batch back and is thrown.
  */
 export const writeBatch = (db: DatabaseSync, st: Statements, rows: ReadonlyArray<Row>, now: number): BatchResult => {
   const outcomes = new Uint8Array(rows.length)
@@ -130,7 +141,7 @@ export const writeBatch = (db: DatabaseSync, st: Statements, rows: ReadonlyArray
         const result = st.insert.run(r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7], r[8])
         outcomes[i] = result.changes === 0 ? Outcome.Duplicate : Outcome.Committed
       } catch (error) {
-        if (isTransient(error)) throw new TransientRow(describe(error), { cause: error })
+        if (!isRowRejection(error)) throw new BatchFailure(describe(error), { cause: error })
         outcomes[i] = Outcome.Rejected
         rejections.push([i, describe(error)])
         deadLetter(st, r, describe(error), now)
@@ -145,7 +156,7 @@ export const writeBatch = (db: DatabaseSync, st: Statements, rows: ReadonlyArray
     db.exec("COMMIT")
   } catch (error) {
     if (db.isTransaction) db.exec("ROLLBACK")
-    throw error instanceof TransientRow ? error.cause : error
+    throw error instanceof BatchFailure ? error.cause : error
   }
   return { outcomes, rejections }
 }

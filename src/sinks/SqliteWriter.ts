@@ -11,6 +11,7 @@ import { describe, isTransient, openDatabase, prepare, unpackRows, writeBatch } 
 export interface WriteRequest {
   readonly id: number
   readonly rows: string
+  readonly count: number
 }
 
 /** The writer's answer to one request. */
@@ -31,7 +32,7 @@ port.on("message", (request: WriteRequest | "close") => {
   }
   let reply: WriteReply
   try {
-    const result = writeBatch(db, statements, unpackRows(request.rows), Date.now())
+    const result = writeBatch(db, statements, unpackRows(request.rows, request.count), Date.now())
     reply = { id: request.id, ok: true, outcomes: result.outcomes, rejections: result.rejections }
   } catch (error) {
     reply = { id: request.id, ok: false, transient: isTransient(error), message: describe(error) }

@@ -213,6 +213,20 @@ describe("data frames", () => {
     expect(rows(g.dataDir, "dev-invalid").map((r) => r.seq)).toEqual([4])
   })
 
+  it("ignores a malformed trace: it is never stored and cannot smuggle rows into the batch", async () => {
+    const g = await gateway({ GATEWAY_BATCH_LINGER_MS: "20" })
+    const { d } = await open(g, "dev-smuggler")
+    const forged = "x\u0002victim\u00010\u000199\u0001event\u00011\u00012\u0001gw\u0001\u0001{\"name\":\"forged\"}"
+    d.send(telemetry(1, { t: 1 }, { trace: forged }), telemetry(2), telemetry(3, { t: 3 }, { trace: "not-a-traceparent" }))
+    expect(await d.take(3)).toEqual([1, 2, 3].map((seq) => ({ type: "ack", seq })))
+    const stored = rows(g.dataDir)
+    expect(stored.map((r) => [r.device, r.seq, r.traceparent])).toEqual([
+      ["dev-smuggler", 1, null],
+      ["dev-smuggler", 2, null],
+      ["dev-smuggler", 3, null]
+    ])
+  })
+
   it("a data frame without a usable seq cannot be answered: error protocol", async () => {
     const g = await gateway()
     const { d } = await open(g, "dev-noseq")
