@@ -15,6 +15,7 @@ import * as Tracing from "./observability/Tracing.ts"
 import { Dedup } from "./pipeline/Dedup.ts"
 import { Lanes } from "./pipeline/Lanes.ts"
 import * as Persistence from "./pipeline/Persistence.ts"
+import { Pipeline } from "./pipeline/Pipeline.ts"
 import * as SqliteSink from "./sinks/SqliteSink.ts"
 
 /** The sink chosen by GATEWAY_SINK. */
@@ -31,16 +32,22 @@ const announce = Layer.effectDiscard(Effect.gen(function*() {
   )
 }))
 
-/** The whole gateway, given its configuration layer and tracing layer. */
-export const layer = (
+/**
+ * The whole gateway, given its configuration, tracing and user-stage layers. A pipeline layer
+ * that still needs a service leaves it in this layer's requirements, so it cannot be launched.
+ */
+export const layer = <E = never, R = never>(
   config: Layer.Layer<GatewayConfig, Config.ConfigError> = GatewayConfig.layer,
-  tracing: Layer.Layer<Tracing.MessageTracer> = Tracing.layerFromEnv("iot-gateway")
+  tracing: Layer.Layer<Tracing.MessageTracer> = Tracing.layerFromEnv("iot-gateway"),
+  pipeline: Layer.Layer<Pipeline, E, R> = Pipeline.none as Layer.Layer<Pipeline, E, R>
 ) =>
   announce.pipe(
     Layer.provideMerge(Listener.layer),
     Layer.provideMerge(Admin.layer),
     Layer.provideMerge(Persistence.layer),
-    Layer.provideMerge(Layer.mergeAll(Lanes.layer, Dedup.layer, SessionRegistry.layer, DeviceAuth.layer, tracing)),
+    Layer.provideMerge(
+      Layer.mergeAll(Lanes.layer, Dedup.layer, SessionRegistry.layer, DeviceAuth.layer, tracing, pipeline)
+    ),
     Layer.provideMerge(Layer.merge(sink, Lifecycle.layer)),
     Layer.provideMerge(config)
   )

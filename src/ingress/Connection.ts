@@ -1,7 +1,8 @@
 /**
- * One device connection: framing → hello/auth → decode → validate+normalize → dedup → lane.
- * The connection is one fiber that pulls a socket chunk, handles every frame of it with plain
- * synchronous code (no Effect per frame), and suspends only to apply backpressure: while its
+ * One device connection: framing → hello/auth → decode → ingest stages (validate+normalize,
+ * dedup) → lane. The connection is one fiber that pulls a socket chunk, handles every frame of
+ * it with plain synchronous code (no Effect per frame; the ingest stages run synchronously on
+ * the chunk's data frames), and suspends only to apply backpressure: while its
  * in-flight window (`GATEWAY_MAX_INFLIGHT`) or its output buffer is full it does not read.
  * Pings are answered inline, never queued behind data; events that find the critical lane full
  * wait in this connection (a pump fiber offers them, in order) while reading goes on until the
@@ -13,25 +14,16 @@ import { isUtf8 } from "node:buffer"
 import { randomUUID } from "node:crypto"
 import type { GatewayConfigShape } from "../config/GatewayConfig.ts"
 import type { DeviceAuthShape } from "../auth/DeviceRegistry.ts"
-import type { ErrorCode } from "../domain/Errors.ts"
-import {
-  ackFrame,
-  decodeDataFrame,
-  decodeHello,
-  errorFrame,
-  goawayFrame,
-  isTraceparent,
-  type Kind,
-  nackFrame,
-  PONG,
-  toEpochMs,
-  welcomeFrame
-} from "../domain/Frames.ts"
+import type { Envelope } from "../domain/Envelope.ts"
+import type { ErrorCode, ValidationError } from "../domain/Errors.ts"
+import { decodeHello, errorFrame, goawayFrame, type Kind, nackFrame, PONG, welcomeFrame } from "../domain/Frames.ts"
 import type { LifecycleShape } from "../Lifecycle.ts"
 import * as Metrics from "../observability/Metrics.ts"
 import type { MessageTracerShape } from "../observability/Tracing.ts"
-import type { DedupWindow } from "../pipeline/DedupWindow.ts"
+import { answerOf, Tally } from "../pipeline/Answer.ts"
 import type { InFlight, LanesShape, Replier } from "../pipeline/Lanes.ts"
+import type { Runner } from "../pipeline/Stage.ts"
+import type { RawData } from "../pipeline/Validate.ts"
 import type { SinkShape } from "../sinks/Sink.ts"
 import { LineFramer } from "./LineFramer.ts"
 import { OrderedAnswers } from "./OrderedAnswers.ts"
@@ -43,7 +35,8 @@ export interface ConnectionEnv {
   readonly auth: DeviceAuthShape
   readonly sessions: Sessions
   readonly lanes: LanesShape
-  readonly dedup: DedupWindow
+  /** The ingest stages (validate, dedup), built once. */
+  readonly ingest: Runner<RawData, Envelope, ValidationError>
   readonly sink: SinkShape
   readonly tracer: MessageTracerShape
   readonly lifecycle: LifecycleShape
@@ -69,6 +62,9 @@ export class Connection implements Replier, Replaceable {
   private early: Array<string> = []
   /** Events waiting for room in the critical lane, in send order. */
   private held: Array<InFlight> = []
+  /** Data frames of the current socket read, waiting for the ingest stages, and their tickets. */
+  private raws: Array<RawData> = []
+  private tickets: Array<number> = []
   private pumping = false
   private draining = false
   private offered = 0
@@ -171,6 +167,7 @@ export class Connection implements Replier, Replaceable {
     this.arrivedAt = performance.now()
     this.receivedAt = Date.now()
     const tooLarge = this.framer.push(chunk, (buf, start, end) => this.onFrame(buf, start, end))
+    this.ingest()
     if (tooLarge !== undefined && this.state !== "closed") {
       this.fatal("frame_too_large", `frame exceeds maxFrameBytes (${this.env.config.maxFrameBytes})`, "protocol_error")
     }
@@ -235,40 +232,57 @@ export class Connection implements Replier, Replaceable {
       Metrics.record(Metrics.errors("AuthError"), 1)
       return Metrics.record(Metrics.messages(kind, "forbidden"), 1)
     }
-    const decoded = decodeDataFrame(kind, frame)
-    if (Result.isFailure(decoded)) {
-      this.answers.resolve(ticket, nackFrame(seq, "invalid", decoded.failure))
-      Metrics.record(Metrics.errors("ValidationError"), 1)
-      return Metrics.record(Metrics.messages(kind, "invalid"), 1)
-    }
+    this.raws.push({
+      device: this.device,
+      epoch: this.epoch,
+      kind,
+      seq,
+      frame,
+      receivedAt: this.receivedAt,
+      gateway: this.env.config.gatewayId
+    })
+    this.tickets.push(ticket)
+  }
+
+  /**
+   * Runs the ingest stages on the data frames gathered from one socket read: a rejected or
+   * settled message is answered at once, the others go to their lane.
+   */
+  private ingest(): void {
+    const raws = this.raws
+    if (raws.length === 0) return
+    const tickets = this.tickets
+    this.raws = []
+    this.tickets = []
     const env = this.env
-    if (env.dedup.isCommitted(this.device, this.epoch, seq)) {
-      this.answers.resolve(ticket, ackFrame(seq, true))
-      return Metrics.record(Metrics.messages(kind, "duplicate"), 1)
+    const { passed, passedAt, stops, stoppedAt } = env.ingest.runSync(raws)
+    if (stops.length > 0) {
+      const tally = new Tally()
+      for (let j = 0; j < stops.length; j++) {
+        const raw = raws[stoppedAt[j]!]!
+        const answer = answerOf(raw.seq, stops[j]!)
+        this.answers.resolve(tickets[stoppedAt[j]!]!, answer.frame)
+        tally.add(raw.kind, answer.outcome)
+        tally.addError(stops[j]!)
+      }
+      tally.record()
     }
-    const f = decoded.success
-    const traced = env.tracer.enabled ? env.tracer.start(kind, this.device, seq, f.trace) : undefined
-    const item: InFlight = {
-      envelope: {
-        device: this.device,
-        epoch: this.epoch,
-        seq,
-        kind,
-        deviceTs: toEpochMs(f.ts),
-        receivedAt: this.receivedAt,
-        gateway: env.config.gatewayId,
-        // only a well-formed traceparent is kept: anything else is ignored (W3C), never stored
-        traceparent: traced?.traceparent ?? (f.trace !== undefined && isTraceparent(f.trace) ? f.trace : null),
-        body: f.body
-      },
-      replier: this,
-      ticket,
-      arrivedAt: this.arrivedAt,
-      span: traced?.span
+    for (let i = 0; i < passed.length; i++) {
+      const validated = passed[i]!
+      const traced = env.tracer.enabled
+        ? env.tracer.start(validated.kind, validated.device, validated.seq, validated.traceparent ?? undefined)
+        : undefined
+      const item: InFlight = {
+        envelope: traced === undefined ? validated : { ...validated, traceparent: traced.traceparent },
+        replier: this,
+        ticket: tickets[passedAt === undefined ? i : passedAt[i]!]!,
+        arrivedAt: this.arrivedAt,
+        span: traced?.span
+      }
+      this.offered++
+      if (item.envelope.kind === "telemetry") env.lanes.offerTelemetry(item)
+      else if (this.held.length > 0 || !env.lanes.tryOfferEvent(item)) this.held.push(item)
     }
-    this.offered++
-    if (kind === "telemetry") env.lanes.offerTelemetry(item)
-    else if (this.held.length > 0 || !env.lanes.tryOfferEvent(item)) this.held.push(item)
   }
 
   /**
@@ -323,6 +337,7 @@ export class Connection implements Replier, Replaceable {
     const early = this.early
     this.early = []
     for (const text of early) this.handle(text)
+    this.ingest()
   })
 
   private parseHello(text: string) {

@@ -3,6 +3,8 @@
  * `GATEWAY_MAX_CONNECTIONS` (or while draining) a new connection gets `error busy` with a
  * jittered `retryAfterMs`, so a reconnection storm spreads out, before any fiber exists for it.
  * Every admitted connection runs as one fiber in the listener's `FiberSet`, owned by its scope.
+ * The ingest pipeline (validate, dedup) is built here once and run by each connection on the
+ * data frames of every socket read.
  *
  * Why `node:net` and not Effect's `SocketServer`: admission must answer `busy` synchronously at
  * accept, the connection must pause/resume its socket for backpressure while still answering
@@ -20,8 +22,10 @@ import { GatewayConfig } from "../config/GatewayConfig.ts"
 import { Lifecycle } from "../Lifecycle.ts"
 import * as Metrics from "../observability/Metrics.ts"
 import { MessageTracer } from "../observability/Tracing.ts"
-import { Dedup } from "../pipeline/Dedup.ts"
+import { dedup } from "../pipeline/Dedup.ts"
 import { Lanes } from "../pipeline/Lanes.ts"
+import * as Stage from "../pipeline/Stage.ts"
+import { validate } from "../pipeline/Validate.ts"
 import { Sink } from "../sinks/Sink.ts"
 import { Connection, type ConnectionEnv, refuseBusy } from "./Connection.ts"
 import { SessionRegistry } from "./Sessions.ts"
@@ -43,7 +47,7 @@ export class Listener extends Context.Service<Listener, ListenerShape>()("gatewa
         auth: yield* DeviceAuth,
         sessions: yield* SessionRegistry,
         lanes: yield* Lanes,
-        dedup: yield* Dedup,
+        ingest: yield* Stage.build(Stage.andThen(validate, dedup())),
         sink: yield* Sink,
         tracer: yield* MessageTracer,
         lifecycle: yield* Lifecycle

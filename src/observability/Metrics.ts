@@ -39,7 +39,16 @@ export const connections = (result: ConnectionResult): Metric.Metric<number, unk
 }
 
 /** Per-message outcomes (the answer each data frame got). */
-export type MessageOutcome = "committed" | "duplicate" | "invalid" | "forbidden" | "shed" | "unavailable" | "rejected"
+export type MessageOutcome =
+  | "committed"
+  | "duplicate"
+  | "dropped"
+  | "invalid"
+  | "forbidden"
+  | "shed"
+  | "rate_limited"
+  | "unavailable"
+  | "rejected"
 
 const messagesTotal = Metric.counter("gateway_messages_total", { description: "data frames by kind and outcome" })
 const messagesBy = new Map<string, Metric.Metric<number, unknown>>()
@@ -59,6 +68,7 @@ export type ErrorClass =
   | "OverloadError"
   | "TransientUpstreamError"
   | "PermanentPersistenceError"
+  | "StageDefect"
 
 const errorsTotal = Metric.counter("gateway_errors_total", { description: "errors by taxonomy class" })
 const errorsBy = new Map<ErrorClass, Metric.Metric<number, unknown>>()
@@ -104,3 +114,29 @@ export const sinkBatchMs = Metric.histogram("gateway_sink_batch_duration_ms", {
 
 /** Devices with dedup state (bounded by GATEWAY_DEDUP_DEVICES). */
 export const dedupDevices = Metric.gauge("gateway_dedup_devices", { description: "devices with dedup window state" })
+
+/** What happened to the messages a stage saw. */
+export type StageResult = "passed" | "settled" | "rejected"
+
+const stageDurationMs = Metric.histogram("gateway_stage_duration_ms", {
+  description: "milliseconds a stage took for one chunk",
+  boundaries: [0.01, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 25, 50, 100, 250, 1000]
+})
+const stageMessagesTotal = Metric.counter("gateway_stage_messages_total", {
+  description: "messages by stage and result (passed on, settled with an ack, rejected with a nack)"
+})
+const stageErrorsTotal = Metric.counter("gateway_stage_errors_total", {
+  description: "messages a stage rejected, by stage and error class"
+})
+/** Per-chunk duration histogram of one stage. */
+export const stageDuration = (stage: string) => Metric.withAttributes(stageDurationMs, { stage })
+/** Message counter of one stage and result. */
+export const stageMessages = (stage: string, result: StageResult) => Metric.withAttributes(stageMessagesTotal, { stage, result })
+const stageErrorsBy = new Map<string, Metric.Metric<number, unknown>>()
+/** Rejection counter of one stage and error class. */
+export const stageErrors = (stage: string, errorClass: string): Metric.Metric<number, unknown> => {
+  const key = `${stage}/${errorClass}`
+  let m = stageErrorsBy.get(key)
+  if (m === undefined) stageErrorsBy.set(key, m = Metric.withAttributes(stageErrorsTotal, { stage, class: errorClass }))
+  return m
+}

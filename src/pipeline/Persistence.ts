@@ -1,116 +1,71 @@
 /**
- * The persistence stage: takes critical work first, batches by size (`GATEWAY_BATCH_MAX`) or
- * linger (`GATEWAY_BATCH_LINGER_MS`), commits each batch to the sink (transient errors retried
- * on a jittered, capped exponential schedule), then answers every message of the batch on its
- * own connection, in send order. It marks commits in the dedup windows. On shutdown it keeps
+ * The persistence loop: takes critical work first, batches by size (`GATEWAY_BATCH_MAX`) or
+ * linger (`GATEWAY_BATCH_LINGER_MS`), runs each batch through the pipeline (your stages, then
+ * the commit stage that writes it to the sink), then answers every message of the batch on its
+ * own connection, in send order: an ack once committed, the nack of its error class when a stage
+ * or the store rejected it. It marks commits in the dedup windows. On shutdown it keeps
  * committing until the lanes are empty or the drain deadline passes.
  */
-import { Duration, Effect, Exit, Fiber, Layer, Schedule, Semaphore, type Tracer } from "effect"
+import { Effect, Exit, Fiber, Layer, Semaphore, type Tracer } from "effect"
 import { GatewayConfig } from "../config/GatewayConfig.ts"
-import type { PermanentPersistenceError, TransientUpstreamError } from "../domain/Errors.ts"
-import { ackFrame, nackFrame } from "../domain/Frames.ts"
 import { Lifecycle } from "../Lifecycle.ts"
 import * as Metrics from "../observability/Metrics.ts"
-import { Outcome, Sink, type WriteResult } from "../sinks/Sink.ts"
+import { MessageTracer } from "../observability/Tracing.ts"
+import { answerOf, Tally } from "./Answer.ts"
+import { commit } from "./Commit.ts"
 import { Dedup } from "./Dedup.ts"
 import { type InFlight, Lanes, type Replier } from "./Lanes.ts"
+import { Pipeline } from "./Pipeline.ts"
+import * as Stage from "./Stage.ts"
 
-/** Batches with the sink at once. */
+/** Batches in the pipeline at once. */
 const PIPELINE = 2
-
-/** How long a device should wait before resending after `nack unavailable`. */
-const UNAVAILABLE_RETRY_AFTER_MS = 1_000
 
 const SUCCESS = Exit.void
 
-/** The persistence stage as a layer: a scoped fiber that lives as long as the gateway. */
+/** The persistence loop as a layer: a scoped fiber that lives as long as the gateway. */
 export const layer = Layer.effectDiscard(Effect.gen(function*() {
   const config = yield* GatewayConfig
   const lanes = yield* Lanes
-  const sink = yield* Sink
   const dedup = yield* Dedup
   const lifecycle = yield* Lifecycle
+  const tracer = yield* MessageTracer
+  const stages = yield* Pipeline
+  const pipeline = yield* Stage.build(Stage.andThen(stages, commit), { spans: tracer.enabled })
 
-  const retrySchedule = Schedule.exponential("50 millis", 2).pipe(
-    Schedule.jittered,
-    Schedule.modifyDelay(({ duration }) => Effect.succeed(Duration.min(duration, Duration.seconds(2)))),
-    Schedule.upTo({ times: config.storeRetries })
-  )
-
-  const write = (batch: ReadonlyArray<InFlight>) => {
-    const links: Array<Tracer.SpanLink> = []
-    for (const item of batch) if (item.span !== undefined) links.push({ span: item.span, attributes: {} })
-    return sink.write(batch.map((i) => i.envelope)).pipe(
-      Effect.tapError(() => Effect.sync(() => Metrics.record(Metrics.sinkRetries, 1))),
-      Effect.retry({ schedule: retrySchedule, while: (e) => e._tag === "TransientUpstreamError" }),
-      Effect.withSpan("sink.batch", {
-        kind: "client",
-        links,
-        attributes: { "sink.name": sink.name, "batch.size": batch.length }
-      })
-    )
-  }
-
-  const answer = (batch: ReadonlyArray<InFlight>, result: WriteResult) => {
+  const answer = (batch: ReadonlyArray<InFlight>, outcome: Stage.Outcome<never, Stage.StageError>) => {
     const now = performance.now()
     const dirty = new Set<Replier>()
-    let committed = 0, duplicate = 0, rejected = 0
+    const tally = new Tally()
     dedup.beginBatch()
-    for (let i = 0; i < batch.length; i++) {
-      const item = batch[i]!
+    const { stops, stoppedAt } = outcome
+    for (let j = 0; j < stops.length; j++) {
+      const item = batch[stoppedAt[j]!]!
       const e = item.envelope
-      const outcome = result.outcomes[i]
-      let frame: string
-      if (outcome === Outcome.Rejected) {
-        rejected++
-        frame = nackFrame(e.seq, "invalid", `rejected by the store: ${result.rejections.get(i) ?? "unknown reason"}`)
-      } else {
-        if (outcome === Outcome.Committed) committed++
-        else duplicate++
+      const stop = stops[j]!
+      const { frame, outcome } = answerOf(e.seq, stop)
+      if (outcome === "committed" || outcome === "duplicate") {
         dedup.markCommitted(e.device, e.epoch, e.seq)
-        frame = ackFrame(e.seq, outcome === Outcome.Duplicate)
         Metrics.record(Metrics.commitLatencyMs, now - item.arrivedAt)
       }
       item.replier.resolve(item.ticket, frame)
       dirty.add(item.replier)
       item.span?.end(process.hrtime.bigint(), SUCCESS)
+      tally.add(e.kind, outcome)
+      tally.addError(stop)
     }
     for (const r of dirty) r.flush()
-    countByKind(batch, result)
-    if (rejected > 0) Metrics.record(Metrics.errors("PermanentPersistenceError"), rejected)
+    tally.record()
     Metrics.record(Metrics.dedupDevices, dedup.deviceCount)
   }
 
-  const fail = (batch: ReadonlyArray<InFlight>, error: TransientUpstreamError | PermanentPersistenceError) =>
-    Effect.gen(function*() {
-      yield* Effect.logWarning("sink batch failed").pipe(
-        Effect.annotateLogs({ sink: sink.name, size: batch.length, error: error.message })
-      )
-      Metrics.record(Metrics.errors(error._tag), 1)
-      const dirty = new Set<Replier>()
-      for (const item of batch) {
-        // the whole batch failed, not one message: the device keeps it and retries (PROTOCOL.md)
-        const frame = nackFrame(item.envelope.seq, "unavailable", `store unavailable: ${error.message}`, UNAVAILABLE_RETRY_AFTER_MS)
-        item.replier.resolve(item.ticket, frame)
-        dirty.add(item.replier)
-        item.span?.end(process.hrtime.bigint(), SUCCESS)
-        Metrics.record(Metrics.messages(item.envelope.kind, "unavailable"), 1)
-      }
-      for (const r of dirty) r.flush()
-    })
-
-  const commit = (batch: ReadonlyArray<InFlight>) =>
-    Effect.gen(function*() {
-      const started = performance.now()
-      Metrics.record(Metrics.sinkBatchSize, batch.length)
-      yield* write(batch).pipe(
-        Effect.matchEffect({
-          onSuccess: (result) => Effect.sync(() => answer(batch, result)),
-          onFailure: (error) => fail(batch, error)
-        })
-      )
-      Metrics.record(Metrics.sinkBatchMs, performance.now() - started)
-    })
+  const runBatch = (batch: ReadonlyArray<InFlight>) => {
+    const run = Effect.map(pipeline.run(batch.map((i) => i.envelope)), (outcome) => answer(batch, outcome))
+    if (!tracer.enabled) return run
+    const links: Array<Tracer.SpanLink> = []
+    for (const item of batch) if (item.span !== undefined) links.push({ span: item.span, attributes: {} })
+    return Effect.withSpan(run, "sink.batch", { kind: "client", links, attributes: { "batch.size": batch.length } })
+  }
 
   // Up to PIPELINE batches are with the sink at once: while it commits one, the next is taken
   // and sent, so the sink never idles waiting for the event loop. Answers stay in send order
@@ -130,7 +85,7 @@ export const layer = Layer.effectDiscard(Effect.gen(function*() {
         yield* Effect.sleep(config.batchLingerMs)
         batch = batch.concat(yield* lanes.takeBatch(config.batchMax - batch.length))
       }
-      yield* Effect.forkChild(Effect.ensuring(commit(batch), Semaphore.release(slots, 1)))
+      yield* Effect.forkChild(Effect.ensuring(runBatch(batch), Semaphore.release(slots, 1)))
     }
   })
 
@@ -148,25 +103,3 @@ export const layer = Layer.effectDiscard(Effect.gen(function*() {
     })
   )
 }))
-
-const countByKind = (batch: ReadonlyArray<InFlight>, result: WriteResult) => {
-  let tc = 0, td = 0, tr = 0, ec = 0, ed = 0, er = 0
-  for (let i = 0; i < batch.length; i++) {
-    const o = result.outcomes[i]
-    if (batch[i]!.envelope.kind === "telemetry") {
-      if (o === Outcome.Committed) tc++
-      else if (o === Outcome.Duplicate) td++
-      else tr++
-    } else {
-      if (o === Outcome.Committed) ec++
-      else if (o === Outcome.Duplicate) ed++
-      else er++
-    }
-  }
-  if (tc) Metrics.record(Metrics.messages("telemetry", "committed"), tc)
-  if (td) Metrics.record(Metrics.messages("telemetry", "duplicate"), td)
-  if (tr) Metrics.record(Metrics.messages("telemetry", "rejected"), tr)
-  if (ec) Metrics.record(Metrics.messages("event", "committed"), ec)
-  if (ed) Metrics.record(Metrics.messages("event", "duplicate"), ed)
-  if (er) Metrics.record(Metrics.messages("event", "rejected"), er)
-}

@@ -1,0 +1,516 @@
+/**
+ * The Stage API: the one way every step of the pipeline is written, the gateway's own (validate,
+ * dedup, commit) and yours.
+ *
+ * A `Stage<In, Out, E, R>` turns messages of type `In` into `Out`; it may fail a message with a
+ * taxonomy error `E` (which becomes that message's nack), settle it early (ack without going
+ * further, e.g. a duplicate or a filtered message), and it needs the services `R`, which come
+ * from Layers. Stages compose with {@link andThen}: the compiler refuses a pipeline whose types
+ * do not line up, and a pipeline whose services nobody provides cannot be turned into the
+ * gateway's layer.
+ *
+ * Stages run on chunks (the batches of the persistence loop, the frames of one socket read):
+ * {@link map} runs a plain function per message inside one loop, {@link chunk} gets the whole
+ * chunk, {@link mapEffect} is the per-message Effect convenience. Every stage gets, without
+ * writing anything: a latency histogram, message and error counters labelled with its name, a
+ * span per chunk when tracing is on, and isolation: one message's failure (or a stage's bug
+ * on one message) is that message's answer, never its batch's.
+ */
+import { Cause, type Context, Data, Effect, Exit, Function as Fn, type Metric } from "effect"
+import { type Pipeable, pipeArguments } from "effect/Pipeable"
+import type {
+  AuthError,
+  OverloadError,
+  PermanentPersistenceError,
+  TransientUpstreamError,
+  ValidationError
+} from "../domain/Errors.ts"
+import type { Kind } from "../domain/Frames.ts"
+import * as Metrics from "../observability/Metrics.ts"
+
+/** The taxonomy errors (DESIGN.md) a stage may fail a message with; each maps to one nack code. */
+export type StageError =
+  | ValidationError
+  | AuthError
+  | OverloadError
+  | TransientUpstreamError
+  | PermanentPersistenceError
+
+/** A stage's bug on one message (a throw or a defect): logged, and the message is nacked `unavailable`. */
+export class StageDefect extends Data.TaggedError("StageDefect")<{
+  readonly stage: string
+  readonly message: string
+  readonly cause: unknown
+}> {}
+
+/** A message that leaves the pipeline at some stage: settled (acked) or rejected (nacked). */
+export abstract class Stop {
+  /** Brand, so an `Out` value is never mistaken for a stop. */
+  protected readonly stop = true
+}
+
+/** How a settled message is acknowledged. */
+export type SettledAs = "committed" | "duplicate" | "dropped"
+
+/** A message a stage answered with an ack, without passing it on. */
+export class Settled extends Stop {
+  /** `committed`: stored now; `duplicate`: stored before (`dup:true`); `dropped`: filtered out, not stored. */
+  readonly as: SettledAs
+  constructor(as: SettledAs) {
+    super()
+    this.as = as
+  }
+}
+
+/** A message a stage failed: answered with the nack of its error class. */
+export class Rejected<out E> extends Stop {
+  /** Why: a taxonomy error (or a {@link StageDefect}). */
+  readonly error: E
+  constructor(error: E) {
+    super()
+    this.error = error
+  }
+}
+
+/** Acknowledge as committed (the commit stage says this once the sink has it). */
+export const committed: Settled = new Settled("committed")
+/** Acknowledge with `dup:true`: the message was committed before. */
+export const duplicate: Settled = new Settled("duplicate")
+/** Acknowledge and store nothing: the message was filtered out on purpose. */
+export const dropped: Settled = new Settled("dropped")
+
+/** Fails one message with a taxonomy error: it gets that error's nack. */
+export const reject = <E extends StageError>(error: E): Rejected<E> => new Rejected(error)
+
+/** What a stage returns for one message: the message passed on, settled, or rejected. */
+export type Verdict<Out, E> = Out | Settled | Rejected<E>
+
+/** Which messages a stage applies to; the others pass it unchanged. */
+export interface Selection {
+  /** Kinds it applies to (default: all). */
+  readonly kinds?: ReadonlyArray<Kind>
+  /** Device ids it applies to; `prefix*` matches by prefix (default: all). */
+  readonly devices?: ReadonlyArray<string>
+}
+
+/** What a {@link Selection} looks at. */
+export interface Selectable {
+  readonly kind: Kind
+  readonly device: string
+}
+
+const TypeId = "~gateway/Stage"
+
+/**
+ * A stage (or a pipeline: stages composed are a stage) from `In` to `Out` that may reject a
+ * message with `E` and needs the services `R`.
+ */
+export interface Stage<in In, out Out, out E = never, out R = never> extends Pipeable {
+  readonly [TypeId]: {
+    readonly _In: (_: In) => void
+    readonly _Out: () => Out
+    readonly _E: () => E
+    readonly _R: () => R
+  }
+  /** The primitive stages, in order. */
+  readonly steps: ReadonlyArray<StepDef>
+}
+
+/** Any stage. */
+export type Any = Stage<never, unknown, unknown, unknown>
+
+/** A primitive stage before it is built. */
+interface StepDef {
+  readonly name: string
+  readonly selection: Selection | undefined
+  /** Builds the chunk function, resolving the stage's services once. */
+  readonly build: Effect.Effect<ChunkFn, never, unknown>
+}
+
+/** A built primitive stage: synchronous when `sync` is set, else an Effect per chunk. */
+interface ChunkFn {
+  readonly sync: ((chunk: ReadonlyArray<unknown>, name: string) => Array<unknown>) | undefined
+  readonly run: (chunk: ReadonlyArray<unknown>, name: string) => Effect.Effect<ReadonlyArray<unknown>, unknown>
+}
+
+class StageImpl implements Stage<never, unknown, unknown, unknown> {
+  declare readonly [TypeId]: Stage<never, unknown, unknown, unknown>[typeof TypeId]
+  readonly steps: ReadonlyArray<StepDef>
+  constructor(steps: ReadonlyArray<StepDef>) {
+    this.steps = steps
+  }
+  pipe() {
+    return pipeArguments(this, arguments)
+  }
+}
+
+const fromSteps = <In, Out, E, R>(steps: ReadonlyArray<StepDef>): Stage<In, Out, E, R> =>
+  new StageImpl(steps) as unknown as Stage<In, Out, E, R>
+
+const primitive = <In, Out, E, R>(name: string, build: Effect.Effect<ChunkFn, never, R>): Stage<In, Out, E, R> =>
+  fromSteps([{ name, selection: undefined, build: build as Effect.Effect<ChunkFn, never, unknown> }])
+
+const defect = (name: string, cause: unknown) =>
+  new Rejected(new StageDefect({ stage: name, message: `stage ${name} failed: ${describeDefect(cause)}`, cause }))
+
+const describeDefect = (cause: unknown) => (cause instanceof Error ? cause.message : String(cause))
+
+// ---- constructors ----
+
+/**
+ * A stage from a plain function of one message, run in one loop over the chunk (no Effect per
+ * message). Return the message passed on (changed or not), {@link reject}, or a settlement.
+ * A throw rejects that message alone, as a {@link StageDefect}.
+ */
+export const map = <In, Out, E extends StageError = never>(
+  name: string,
+  f: (input: In) => Verdict<Out, E>
+): Stage<In, Out, E> => {
+  const sync = (chunk: ReadonlyArray<unknown>, stage: string) => {
+    const out: Array<unknown> = new Array(chunk.length)
+    for (let i = 0; i < chunk.length; i++) {
+      try {
+        out[i] = f(chunk[i] as In)
+      } catch (cause) {
+        out[i] = defect(stage, cause)
+      }
+    }
+    return out
+  }
+  return primitive(name, Effect.succeed({ sync, run: (chunk, stage) => Effect.sync(() => sync(chunk, stage)) }))
+}
+
+/**
+ * A stage from an Effect over the whole chunk: return one verdict per message, in order. The
+ * Effect failing with `E` rejects every message of the chunk with it; a defect is retried one
+ * message at a time, so only the message that causes it is rejected.
+ */
+export const chunk = <In, Out, E extends StageError = never, R = never>(
+  name: string,
+  f: (chunk: ReadonlyArray<In>) => Effect.Effect<ReadonlyArray<Verdict<Out, E>>, E, R>
+): Stage<In, Out, E, R> =>
+  primitive(
+    name,
+    Effect.map(Effect.context<R>(), (context): ChunkFn => ({
+      sync: undefined,
+      run: (items) => Effect.provideContext(f(items as ReadonlyArray<In>), context)
+    }))
+  )
+
+/**
+ * A stage from an Effect per message (convenient, about a microsecond per message: prefer
+ * {@link map} or {@link chunk} on the hot path). A failure with `E` rejects that message only.
+ */
+export const mapEffect = <In, Out, E extends StageError = never, R = never>(
+  name: string,
+  f: (input: In) => Effect.Effect<Out | Settled, E, R>,
+  options?: { readonly concurrency?: number }
+): Stage<In, Out, E, R> =>
+  primitive(
+    name,
+    Effect.map(Effect.context<R>(), (context): ChunkFn => ({
+      sync: undefined,
+      run: (items, stage) =>
+        Effect.forEach(
+          items as ReadonlyArray<In>,
+          (item) =>
+            Effect.flatMap(Effect.exit(f(item)), (exit): Effect.Effect<unknown> =>
+              Exit.isSuccess(exit)
+                ? Effect.succeed(exit.value)
+                : Cause.hasInterrupts(exit.cause)
+                ? Effect.failCause(exit.cause as Cause.Cause<never>)
+                : Effect.succeed(verdictOfCause(stage, exit.cause))),
+          { concurrency: options?.concurrency ?? 1 }
+        ).pipe(Effect.provideContext(context))
+    }))
+  )
+
+const verdictOfCause = <E>(stage: string, cause: Cause.Cause<E>): Rejected<E | StageDefect> => {
+  const failure = Cause.findErrorOption(cause)
+  return failure._tag === "Some" ? new Rejected(failure.value) : defect(stage, Cause.squash(cause))
+}
+
+/**
+ * A stage whose construction needs services or resources: `make` runs once, when the pipeline's
+ * layer is built, and returns the stage (typically a {@link map} closing over what it resolved).
+ */
+export const unwrap = <In, Out, E, R, R2>(
+  name: string,
+  make: Effect.Effect<Stage<In, Out, E, R>, never, R2>
+): Stage<In, Out, E, R | R2> =>
+  primitive(
+    name,
+    Effect.flatMap(make, (stage) => {
+      if (stage.steps.length !== 1) return Effect.die(new Error(`Stage.unwrap(${name}) expects one primitive stage`))
+      return stage.steps[0]!.build as Effect.Effect<ChunkFn, never, R>
+    })
+  )
+
+// ---- composition ----
+
+/** The stage that passes every message on unchanged (the empty pipeline). */
+export const identity = <A>(): Stage<A, A> => fromSteps([])
+
+/** Runs `next` on what `self` passes on. Refused by the compiler when `self`'s output is not `next`'s input. */
+export const andThen: {
+  <Mid, Out, E2, R2>(next: Stage<Mid, Out, E2, R2>): <In, E, R>(self: Stage<In, Mid, E, R>) => Stage<In, Out, E | E2, R | R2>
+  <In, Mid, E, R, Out, E2, R2>(self: Stage<In, Mid, E, R>, next: Stage<Mid, Out, E2, R2>): Stage<In, Out, E | E2, R | R2>
+} = Fn.dual(2, (self: Any, next: Any) => fromSteps([...self.steps, ...next.steps]))
+
+/**
+ * Restricts a stage to some kinds and devices; the other messages pass it unchanged (so its
+ * output type widens to `In | Out`).
+ */
+export const when: {
+  (selection: Selection): <In extends Selectable, Out, E, R>(self: Stage<In, Out, E, R>) => Stage<In, In | Out, E, R>
+  <In extends Selectable, Out, E, R>(self: Stage<In, Out, E, R>, selection: Selection): Stage<In, In | Out, E, R>
+} = Fn.dual(2, (self: Any, selection: Selection) => fromSteps(self.steps.map((s) => ({ ...s, selection }))))
+
+/** Provides the services a stage needs, from a context captured when its layer was built. */
+export const provideContext = <In, Out, E, R>(self: Stage<In, Out, E, R>, context: Context.Context<R>): Stage<In, Out, E> =>
+  fromSteps(self.steps.map((s) => ({ ...s, build: Effect.provideContext(s.build, context as Context.Context<unknown>) })))
+
+/** The names of a stage's primitive stages, in order. */
+export const names = (self: Any): ReadonlyArray<string> => self.steps.map((s) => s.name)
+
+// ---- running ----
+
+/**
+ * Where each message of a chunk ended: `passed[i]` left the last stage from input position
+ * `passedAt[i]`; `stops[j]` is the settlement or rejection of input `stoppedAt[j]` by stage
+ * `stoppedBy[j]`.
+ */
+export interface Outcome<Out, E> {
+  readonly passed: ReadonlyArray<Out>
+  readonly passedAt: ReadonlyArray<number> | undefined
+  readonly stops: ReadonlyArray<Settled | Rejected<E | StageDefect>>
+  readonly stoppedAt: ReadonlyArray<number>
+  readonly stoppedBy: ReadonlyArray<string>
+}
+
+/** A built pipeline, ready to run chunks. */
+export interface Runner<In, Out, E> {
+  /** Names of its stages, in order. */
+  readonly names: ReadonlyArray<string>
+  /** True when every stage is synchronous ({@link map}); only then may {@link runSync} be used. */
+  readonly isSync: boolean
+  /** Runs a chunk through every stage. */
+  readonly run: (inputs: ReadonlyArray<In>) => Effect.Effect<Outcome<Out, E>>
+  /** Runs a chunk through every stage synchronously (throws when a stage is not synchronous). */
+  readonly runSync: (inputs: ReadonlyArray<In>) => Outcome<Out, E>
+}
+
+/** How a pipeline is built. */
+export interface BuildOptions {
+  /** A span per stage per chunk (on when tracing is on). */
+  readonly spans?: boolean
+}
+
+interface BuiltStep {
+  readonly name: string
+  readonly fn: ChunkFn
+  readonly matches: ((item: Selectable) => boolean) | undefined
+  readonly duration: Metric.Metric<number, unknown>
+  readonly passedCount: Metric.Metric<number, unknown>
+  readonly settledCount: Metric.Metric<number, unknown>
+  readonly rejectedCount: Metric.Metric<number, unknown>
+}
+
+/** Builds a pipeline: resolves each stage's services once and prepares its metrics. */
+export const build = <In, Out, E, R>(self: Stage<In, Out, E, R>, options: BuildOptions = {}): Effect.Effect<Runner<In, Out, E>, never, R> =>
+  Effect.gen(function*() {
+    const steps: Array<BuiltStep> = []
+    for (const def of self.steps) {
+      const fn = yield* (def.build as Effect.Effect<ChunkFn, never, R>)
+      steps.push({
+        name: def.name,
+        fn,
+        matches: def.selection === undefined ? undefined : matcher(def.selection),
+        duration: Metrics.stageDuration(def.name),
+        passedCount: Metrics.stageMessages(def.name, "passed"),
+        settledCount: Metrics.stageMessages(def.name, "settled"),
+        rejectedCount: Metrics.stageMessages(def.name, "rejected")
+      })
+    }
+    const isSync = steps.every((s) => s.fn.sync !== undefined)
+    const spans = options.spans === true
+    return {
+      names: steps.map((s) => s.name),
+      isSync,
+      runSync: (inputs) => {
+        if (!isSync) throw new Error("runSync on a pipeline with asynchronous stages")
+        const state = new RunState<E>(inputs)
+        for (const step of steps) {
+          if (state.values.length === 0) break
+          const started = performance.now()
+          state.apply(step, applySync(step, state.values))
+          Metrics.record(step.duration, performance.now() - started)
+        }
+        return state.outcome<Out>()
+      },
+      run: (inputs) =>
+        Effect.gen(function*() {
+          const state = new RunState<E>(inputs)
+          for (const step of steps) {
+            if (state.values.length === 0) break
+            const started = performance.now()
+            const chunkOf = state.values
+            const results = spans
+              ? yield* Effect.withSpan(applyAsync(step, chunkOf), `stage ${step.name}`, {
+                attributes: { "stage.name": step.name, "chunk.size": chunkOf.length }
+              })
+              : yield* applyAsync(step, chunkOf)
+            state.apply(step, results)
+            Metrics.record(step.duration, performance.now() - started)
+          }
+          return state.outcome<Out>()
+        })
+    }
+  })
+
+/** Runs a step synchronously on the messages it selects. */
+const applySync = (step: BuiltStep, values: ReadonlyArray<unknown>): ReadonlyArray<unknown> => {
+  const sync = step.fn.sync!
+  if (step.matches === undefined) return sync(values, step.name)
+  const picked = pick(step.matches, values)
+  return picked === undefined ? sync(values, step.name) : merge(values, picked, sync(picked.items, step.name))
+}
+
+/** Runs a step as an Effect on the messages it selects, isolating defects to their message. */
+const applyAsync = (step: BuiltStep, values: ReadonlyArray<unknown>): Effect.Effect<ReadonlyArray<unknown>> => {
+  if (step.matches === undefined) return runIsolated(step, values)
+  const picked = pick(step.matches, values)
+  if (picked === undefined) return runIsolated(step, values)
+  if (picked.items.length === 0) return Effect.succeed(values)
+  return Effect.map(runIsolated(step, picked.items), (results) => merge(values, picked, results))
+}
+
+/**
+ * Runs one chunk: a typed failure rejects every message of it; a defect (or a wrong number of
+ * verdicts) is retried one message at a time, so that only the message causing it is rejected.
+ */
+const runIsolated = (step: BuiltStep, values: ReadonlyArray<unknown>): Effect.Effect<ReadonlyArray<unknown>> =>
+  Effect.exit(checked(step, values)).pipe(
+    Effect.flatMap((exit): Effect.Effect<ReadonlyArray<unknown>> => {
+      if (Exit.isSuccess(exit)) return Effect.succeed(exit.value)
+      if (Cause.hasInterrupts(exit.cause)) return Effect.failCause(exit.cause as Cause.Cause<never>)
+      const failure = Cause.findErrorOption(exit.cause)
+      if (failure._tag === "Some") return Effect.succeed(values.map(() => new Rejected(failure.value)))
+      if (values.length === 1) return Effect.succeed([defect(step.name, Cause.squash(exit.cause))])
+      return Effect.forEach(values, (value) => Effect.map(runIsolated(step, [value]), (r) => r[0]))
+    })
+  )
+
+const checked = (step: BuiltStep, values: ReadonlyArray<unknown>) =>
+  Effect.flatMap(Effect.suspend(() => step.fn.run(values, step.name)), (results) =>
+    results.length === values.length
+      ? Effect.succeed(results)
+      : Effect.die(new Error(`stage ${step.name} returned ${results.length} verdicts for ${values.length} messages`)))
+
+interface Picked {
+  readonly items: Array<unknown>
+  readonly at: Array<number>
+}
+
+/** The selected messages and their positions; undefined when every message is selected. */
+const pick = (matches: (item: Selectable) => boolean, values: ReadonlyArray<unknown>): Picked | undefined => {
+  const items: Array<unknown> = []
+  const at: Array<number> = []
+  for (let i = 0; i < values.length; i++) {
+    if (matches(values[i] as Selectable)) {
+      items.push(values[i])
+      at.push(i)
+    }
+  }
+  return items.length === values.length ? undefined : { items, at }
+}
+
+/** The chunk with the selected positions replaced by their verdicts. */
+const merge = (values: ReadonlyArray<unknown>, picked: Picked, results: ReadonlyArray<unknown>) => {
+  const out = values.slice()
+  for (let j = 0; j < picked.at.length; j++) out[picked.at[j]!] = results[j]
+  return out
+}
+
+/** A predicate from a selection: kinds by set, devices by exact id or `prefix*`. */
+const matcher = (selection: Selection): (item: Selectable) => boolean => {
+  const kinds = selection.kinds === undefined ? undefined : new Set(selection.kinds)
+  const exact = new Set<string>()
+  const prefixes: Array<string> = []
+  for (const d of selection.devices ?? []) {
+    if (d.endsWith("*")) prefixes.push(d.slice(0, -1))
+    else exact.add(d)
+  }
+  const anyDevice = selection.devices === undefined || prefixes.includes("")
+  return (item) =>
+    (kinds === undefined || kinds.has(item.kind)) &&
+    (anyDevice || exact.has(item.device) || prefixes.some((p) => item.device.startsWith(p)))
+}
+
+/** The messages still going through a run, and where the others stopped. */
+class RunState<E> {
+  values: ReadonlyArray<unknown>
+  /** Input position of each value; undefined while no message has stopped (identity). */
+  at: Array<number> | undefined = undefined
+  readonly stops: Array<Settled | Rejected<E | StageDefect>> = []
+  readonly stoppedAt: Array<number> = []
+  readonly stoppedBy: Array<string> = []
+
+  constructor(inputs: ReadonlyArray<unknown>) {
+    this.values = inputs
+  }
+
+  /** Takes a step's verdicts: stops are recorded, the rest go on. */
+  apply(step: BuiltStep, results: ReadonlyArray<unknown>): void {
+    let first = -1
+    for (let i = 0; i < results.length; i++) {
+      if (results[i] instanceof Stop) {
+        first = i
+        break
+      }
+    }
+    if (first === -1) {
+      this.values = results
+      Metrics.record(step.passedCount, results.length)
+      return
+    }
+    const values: Array<unknown> = results.slice(0, first)
+    const at: Array<number> = this.at === undefined ? Array.from({ length: first }, (_, i) => i) : this.at.slice(0, first)
+    let settled = 0, rejected = 0
+    for (let i = first; i < results.length; i++) {
+      const r = results[i]
+      const position = this.at === undefined ? i : this.at[i]!
+      if (r instanceof Stop) {
+        this.stops.push(r as Settled | Rejected<E | StageDefect>)
+        this.stoppedAt.push(position)
+        this.stoppedBy.push(step.name)
+        if (r instanceof Rejected) {
+          rejected++
+          Metrics.record(Metrics.stageErrors(step.name, errorClassOf(r.error)), 1)
+        } else settled++
+      } else {
+        values.push(r)
+        at.push(position)
+      }
+    }
+    this.values = values
+    this.at = at
+    Metrics.record(step.passedCount, values.length)
+    if (settled > 0) Metrics.record(step.settledCount, settled)
+    if (rejected > 0) Metrics.record(step.rejectedCount, rejected)
+  }
+
+  outcome<Out>(): Outcome<Out, E> {
+    return {
+      passed: this.values as ReadonlyArray<Out>,
+      passedAt: this.at,
+      stops: this.stops,
+      stoppedAt: this.stoppedAt,
+      stoppedBy: this.stoppedBy
+    }
+  }
+}
+
+/** The error class label of a rejection. */
+const errorClassOf = (error: unknown): string =>
+  typeof error === "object" && error !== null && "_tag" in error && typeof error._tag === "string" ? error._tag : "Unknown"
