@@ -15,7 +15,9 @@ import * as Tracing from "./observability/Tracing.ts"
 import { Dedup } from "./pipeline/Dedup.ts"
 import { Lanes } from "./pipeline/Lanes.ts"
 import * as Persistence from "./pipeline/Persistence.ts"
-import { Pipeline } from "./pipeline/Pipeline.ts"
+import type { Pipeline } from "./pipeline/Pipeline.ts"
+import * as Catalog from "./stages/Catalog.ts"
+import type { StagesFileError } from "./config/StagesFile.ts"
 import * as SqliteSink from "./sinks/SqliteSink.ts"
 
 /** The sink chosen by GATEWAY_SINK. */
@@ -33,13 +35,14 @@ const announce = Layer.effectDiscard(Effect.gen(function*() {
 }))
 
 /**
- * The whole gateway, given its configuration, tracing and user-stage layers. A pipeline layer
- * that still needs a service leaves it in this layer's requirements, so it cannot be launched.
+ * The whole gateway, given its configuration, tracing and user-stage layers (by default the
+ * stages of GATEWAY_STAGES_FILE). A pipeline layer that still needs a service nobody provided
+ * is refused by the compiler here.
  */
-export const layer = <E = never, R = never>(
+export const layer = (
   config: Layer.Layer<GatewayConfig, Config.ConfigError> = GatewayConfig.layer,
   tracing: Layer.Layer<Tracing.MessageTracer> = Tracing.layerFromEnv("iot-gateway"),
-  pipeline: Layer.Layer<Pipeline, E, R> = Pipeline.none as Layer.Layer<Pipeline, E, R>
+  pipeline: Layer.Layer<Pipeline, StagesFileError, GatewayConfig> = Catalog.layer
 ) =>
   announce.pipe(
     Layer.provideMerge(Listener.layer),

@@ -13,13 +13,17 @@ const EX_CONFIG = 78
 
 let exitCode = 0
 
+/** Logs the one line that explains a bad configuration, and exits 78. */
+const badConfig = (line: string) =>
+  Effect.logError(line).pipe(Effect.andThen(Effect.sync(() => (exitCode = EX_CONFIG))), Effect.andThen(Effect.interrupt))
+
 const program = Effect.gen(function*() {
   const scope = yield* Scope.make()
   const services = yield* Layer.buildWithScope(Gateway.layer(), scope).pipe(
-    Effect.catchTag("ConfigError", (e) =>
-      Effect.andThen(Effect.logError(describeConfigError(e)), Effect.sync(() => (exitCode = EX_CONFIG))).pipe(
-        Effect.andThen(Effect.interrupt)
-      ))
+    Effect.catchTags({
+      ConfigError: (e) => badConfig(describeConfigError(e)),
+      StagesFileError: (e) => badConfig(`invalid configuration: ${e.message}`)
+    })
   )
   const lifecycle = Context.get(services, Lifecycle)
   return yield* Effect.never.pipe(

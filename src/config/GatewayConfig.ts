@@ -27,6 +27,8 @@ export const gatewayConfig = Config.all({
   dataDir: Config.String("GATEWAY_DATA_DIR").pipe(Config.withDefault("./data")),
   sink: Config.Literals(["sqlite"], "GATEWAY_SINK").pipe(Config.withDefault("sqlite" as const)),
   devicesFile: Config.option(Config.String("GATEWAY_DEVICES")),
+  /** The stages file: user stages after ingest (see config/StagesFile.ts); none when unset. */
+  stagesFile: Config.option(Config.String("GATEWAY_STAGES_FILE")),
   gatewayId: Config.schema(
     Schema.String.check(Schema.isPattern(/^[\x21-\x7e]{1,128}$/, { message: "expected 1..128 printable ASCII characters" })),
     "GATEWAY_ID"

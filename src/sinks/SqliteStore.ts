@@ -4,15 +4,18 @@
  * database in WAL mode, and writing one batch of rows in one transaction.
  */
 import { DatabaseSync, type StatementSync } from "node:sqlite"
-import type { Envelope } from "../domain/Envelope.ts"
+import { annotationsOf, type Envelope } from "../domain/Envelope.ts"
 import { Outcome } from "./Outcome.ts"
 
-/** The schema of DESIGN.md, plus the per-device state and dead letters. */
+/**
+ * The schema of DESIGN.md, plus `annotations` (the fields stages added, as a JSON object, or
+ * NULL), the per-device state and dead letters.
+ */
 export const SCHEMA = `
 CREATE TABLE IF NOT EXISTS messages (
   device TEXT NOT NULL, epoch INTEGER NOT NULL, seq INTEGER NOT NULL, kind TEXT NOT NULL,
   device_ts INTEGER NOT NULL, received_at INTEGER NOT NULL, gateway TEXT NOT NULL,
-  traceparent TEXT, body TEXT NOT NULL);
+  traceparent TEXT, body TEXT NOT NULL, annotations TEXT);
 CREATE UNIQUE INDEX IF NOT EXISTS messages_key ON messages (device, epoch, seq);
 CREATE TABLE IF NOT EXISTS device_state (
   device TEXT NOT NULL, epoch INTEGER NOT NULL, last_seq INTEGER NOT NULL,
@@ -32,7 +35,8 @@ export type Row = readonly [
   receivedAt: number,
   gateway: string,
   traceparent: string | null,
-  body: string
+  body: string,
+  annotations: string | null
 ]
 
 // Rows cross the thread boundary as one string: fields split by \u0001, rows ended by \u0002.
@@ -41,12 +45,13 @@ export type Row = readonly [
 const FIELD = "\u0001"
 const END = "\u0002"
 
-/** Packs envelopes into the one string sent to the writer thread (body as JSON text). */
+/** Packs envelopes into the one string sent to the writer thread (body and annotations as JSON text). */
 export const packEnvelopes = (batch: ReadonlyArray<Envelope>): string => {
   let out = ""
   for (const e of batch) {
     out += e.device + FIELD + e.epoch + FIELD + e.seq + FIELD + e.kind + FIELD + e.deviceTs + FIELD + e.receivedAt +
-      FIELD + e.gateway + FIELD + (e.traceparent ?? "") + FIELD + JSON.stringify(e.body) + END
+      FIELD + e.gateway + FIELD + (e.traceparent ?? "") + FIELD + JSON.stringify(e.body) + FIELD +
+      (annotationsOf(e) ?? "") + END
   }
   return out
 }
@@ -58,7 +63,7 @@ export const unpackRows = (packed: string, expected: number): Array<Row> => {
   let end = packed.indexOf(END)
   while (end !== -1) {
     const f = packed.slice(start, end).split(FIELD)
-    rows.push([f[0]!, Number(f[1]), Number(f[2]), f[3]!, Number(f[4]), Number(f[5]), f[6]!, f[7] === "" ? null : f[7]!, f[8]!])
+    rows.push([f[0]!, Number(f[1]), Number(f[2]), f[3]!, Number(f[4]), Number(f[5]), f[6]!, f[7] === "" ? null : f[7]!, f[8]!, f[9] === "" ? null : f[9]!])
     start = end + 1
     end = packed.indexOf(END, start)
   }
@@ -92,7 +97,14 @@ export const openDatabase = (path: string, synchronous: "normal" | "full"): Data
   db.exec(`PRAGMA journal_mode = WAL; PRAGMA synchronous = ${synchronous === "full" ? "FULL" : "NORMAL"};
     PRAGMA wal_autocheckpoint = 0; PRAGMA busy_timeout = 1000; PRAGMA cache_size = -16384;`)
   db.exec(SCHEMA)
+  migrate(db)
   return db
+}
+
+/** Brings a database made by an earlier version up to {@link SCHEMA} (columns are only ever added). */
+const migrate = (db: DatabaseSync) => {
+  const columns = db.prepare("SELECT name FROM pragma_table_info('messages')").all() as Array<{ name: string }>
+  if (!columns.some((c) => c.name === "annotations")) db.exec("ALTER TABLE messages ADD COLUMN annotations TEXT")
 }
 
 /** Prepared statements of the writer. */
@@ -105,8 +117,8 @@ export interface Statements {
 /** Prepares the writer's statements. */
 export const prepare = (db: DatabaseSync): Statements => ({
   insert: db.prepare(
-    `INSERT INTO messages (device, epoch, seq, kind, device_ts, received_at, gateway, traceparent, body)
-     VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (device, epoch, seq) DO NOTHING`
+    `INSERT INTO messages (device, epoch, seq, kind, device_ts, received_at, gateway, traceparent, body, annotations)
+     VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (device, epoch, seq) DO NOTHING`
   ),
   upsertState: db.prepare(
     `INSERT INTO device_state (device, epoch, last_seq) VALUES (?, ?, ?)
@@ -138,7 +150,7 @@ export const writeBatch = (db: DatabaseSync, st: Statements, rows: ReadonlyArray
     for (let i = 0; i < rows.length; i++) {
       const r = rows[i]!
       try {
-        const result = st.insert.run(r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7], r[8])
+        const result = st.insert.run(r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7], r[8], r[9])
         outcomes[i] = result.changes === 0 ? Outcome.Duplicate : Outcome.Committed
       } catch (error) {
         if (!isRowRejection(error)) throw new BatchFailure(describe(error), { cause: error })

@@ -15,6 +15,8 @@ export interface MessageRow {
   readonly gateway: string
   readonly traceparent: string | null
   readonly body: string
+  /** Fields stages added to the envelope, as a JSON object (null when none). */
+  readonly annotations: string | null
 }
 
 /** Every row of `messages` for a device (all devices when omitted), ordered by key. */

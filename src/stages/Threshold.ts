@@ -1,0 +1,66 @@
+/**
+ * Example stage: thresholds. Annotates telemetry whose metric crosses a configured limit with
+ * an `alerts` field, which travels with the envelope to the sinks (SQLite: the `annotations`
+ * column; JSON payloads: a top-level field), so consumers can act on it. Messages that cross
+ * nothing, and events, pass unchanged (no `alerts` field, no copy).
+ */
+import { Schema } from "effect"
+import type { Envelope } from "../domain/Envelope.ts"
+import * as Stage from "../pipeline/Stage.ts"
+
+/** How serious a crossing is. */
+export const Severity = Schema.Literals(["info", "warning", "critical"])
+export type Severity = typeof Severity.Type
+
+/** A limit on one metric: crossing means strictly above `above` or strictly below `below`. */
+export const Limit = Schema.Struct({
+  metric: Schema.String.check(Schema.isMinLength(1)),
+  above: Schema.optionalKey(Schema.Finite),
+  below: Schema.optionalKey(Schema.Finite),
+  severity: Schema.optionalKey(Severity)
+})
+export type Limit = typeof Limit.Type
+
+/** The stage's options. */
+export const Options = Schema.Struct({ limits: Schema.Array(Limit) })
+export type Options = typeof Options.Type
+
+/** One crossing, as consumers see it in `alerts`. */
+export interface Alert {
+  readonly metric: string
+  readonly value: number
+  readonly limit: number
+  readonly crossed: "above" | "below"
+  readonly severity: Severity
+}
+
+/** An envelope the threshold stage has seen: `alerts` is present when a limit was crossed. */
+export type WithAlerts<E extends Envelope = Envelope> = E & { readonly alerts?: ReadonlyArray<Alert> }
+
+/** Adds `alerts` to telemetry that crosses one of `options.limits`. */
+export const threshold = (options: Options): Stage.Stage<Envelope, WithAlerts> => {
+  const byMetric = new Map<string, Array<Limit>>()
+  for (const limit of options.limits) {
+    const list = byMetric.get(limit.metric) ?? []
+    list.push(limit)
+    byMetric.set(limit.metric, list)
+  }
+  return Stage.map("threshold", (e: Envelope): WithAlerts => {
+    if (e.kind !== "telemetry") return e
+    let alerts: Array<Alert> | undefined
+    for (const [metric, limits] of byMetric) {
+      const value = e.body.metrics[metric]
+      if (value === undefined || !Object.hasOwn(e.body.metrics, metric)) continue
+      for (const limit of limits) {
+        const severity = limit.severity ?? "warning"
+        if (limit.above !== undefined && value > limit.above) {
+          ;(alerts ??= []).push({ metric, value, limit: limit.above, crossed: "above", severity })
+        }
+        if (limit.below !== undefined && value < limit.below) {
+          ;(alerts ??= []).push({ metric, value, limit: limit.below, crossed: "below", severity })
+        }
+      }
+    }
+    return alerts === undefined ? e : { ...e, alerts }
+  })
+}
