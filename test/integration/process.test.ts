@@ -377,6 +377,15 @@ describe("gateway process", () => {
       expect({ name, lines: lines.length, output }).toEqual({ name, lines: 1, output })
       expect(output).not.toContain("listening")
     }
+    const dataDir = tempDir("gw-proc-stages-")
+    const stagesFile = Path.join(dataDir, "stages.json")
+    Fs.writeFileSync(stagesFile, JSON.stringify({ stages: [{ stage: "threshold", options: { limits: [{ metric: 5 }] } }] }))
+    const { code, output } = await runToExit(dataDir, { GATEWAY_STAGES_FILE: stagesFile })
+    expect(code).toBe(78)
+    const lines = output.split("\n").filter((l) => l.includes("invalid configuration") && l.includes("GATEWAY_STAGES_FILE"))
+    expect({ lines: lines.length, output }).toEqual({ lines: 1, output })
+    expect(lines[0]).toContain("stages[0] (threshold)")
+    expect(output).not.toContain("listening")
   })
 
   it("device CLI", async () => {

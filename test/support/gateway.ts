@@ -11,6 +11,9 @@ import * as Gateway from "../../src/Gateway.ts"
 import { Listener } from "../../src/ingress/Listener.ts"
 import { AdminPort } from "../../src/observability/Admin.ts"
 import { MessageTracer } from "../../src/observability/Tracing.ts"
+import type { StagesFileError } from "../../src/config/StagesFile.ts"
+import type { Pipeline } from "../../src/pipeline/Pipeline.ts"
+import * as Catalog from "../../src/stages/Catalog.ts"
 
 /** A running in-process gateway. */
 export interface TestGateway {
@@ -24,10 +27,14 @@ export interface TestGateway {
 /** A fresh temporary directory. */
 export const tempDir = (prefix = "gw-test-") => Fs.mkdtempSync(Path.join(Os.tmpdir(), prefix))
 
-/** Starts a gateway with the given environment overrides (ports default to 0); tracing off unless given. */
+/**
+ * Starts a gateway with the given environment overrides (ports default to 0); tracing off
+ * unless given; user stages from GATEWAY_STAGES_FILE unless a pipeline layer is given.
+ */
 export const startGateway = async (
   env: Record<string, string> = {},
-  tracing: Layer.Layer<MessageTracer> = MessageTracer.disabled
+  tracing: Layer.Layer<MessageTracer> = MessageTracer.disabled,
+  pipeline: Layer.Layer<Pipeline, StagesFileError, GatewayConfig> = Catalog.layer
 ): Promise<TestGateway> => {
   const dataDir = env["GATEWAY_DATA_DIR"] ?? tempDir()
   const config = GatewayConfig.layerWith({
@@ -40,7 +47,7 @@ export const startGateway = async (
   const scope = Effect.runSync(Scope.make())
   const quiet = Logger.layer([])
   const services = await Effect.runPromise(
-    Layer.buildWithScope(Gateway.layer(config, tracing).pipe(Layer.provide(quiet)), scope)
+    Layer.buildWithScope(Gateway.layer(config, tracing, pipeline).pipe(Layer.provide(quiet)), scope)
   )
   const port = Context.get(services, Listener).port
   const adminPort = Context.get(services, AdminPort).port
