@@ -6,6 +6,10 @@
  *   npm run bench                       # both scenarios, 10 s each
  *   npm run bench -- --seconds 5 --only throughput
  *   npm run bench -- --old-space 256    # cap V8's old generation (less RSS, more major GCs)
+ *   npm run bench -- --only stages      # stage costs in ns per message (in process)
+ *
+ * The throughput scenario also runs the gateway with the example stages (unit-conversion and
+ * threshold from a stages file), to show what they cost end to end.
  */
 import { type ChildProcess, spawn } from "node:child_process"
 import * as Fs from "node:fs"
@@ -13,6 +17,7 @@ import * as Os from "node:os"
 import * as Path from "node:path"
 import { parseArgs } from "node:util"
 import { type LoadOptions, type LoadResult, runLoad } from "./load.ts"
+import { runStageBench, stageTable } from "./stages.ts"
 
 const { values: args } = parseArgs({
   options: {
@@ -74,7 +79,7 @@ const measure = async (name: string, server: () => Promise<Server>, load: Omit<L
 }
 
 const baseline = () => start(["bench/baseline.ts", "0"], {})
-const gateway = (dataDir: string) => () =>
+const gateway = (dataDir: string, env: NodeJS.ProcessEnv = {}) => () =>
   start([
     "--disable-warning=ExperimentalWarning",
     `--max-semi-space-size=${args["semi-space"]}`,
@@ -84,8 +89,21 @@ const gateway = (dataDir: string) => () =>
     GATEWAY_PORT: "0",
     GATEWAY_ADMIN_PORT: "0",
     GATEWAY_DATA_DIR: dataDir,
-    GATEWAY_MAX_CONNECTIONS: "20000"
+    GATEWAY_MAX_CONNECTIONS: "20000",
+    ...env
   })
+
+/** A stages file with the example stages that need no service. */
+const exampleStages = (dir: string) => {
+  const file = Path.join(dir, "stages.json")
+  Fs.writeFileSync(file, JSON.stringify({
+    stages: [
+      { stage: "unit-conversion", options: { conversions: [{ from: "t", to: "t_c", preset: "fahrenheit_to_celsius" }] } },
+      { stage: "threshold", options: { limits: [{ metric: "t_c", above: 1e9 }] } }
+    ]
+  }))
+  return file
+}
 
 const scenarios: Record<string, Omit<LoadOptions, "port">> = {
   throughput: { connections: 50, window: 256, rate: 0, eventRatio: 0, durationMs: seconds * 1000, devicePrefix: "tp" },
@@ -97,21 +115,33 @@ const fmt = (n: number, d = 0) => n.toLocaleString("en-US", { maximumFractionDig
 const main = async () => {
   console.log(`node ${process.version}, ${Os.cpus().length} cores, ${Os.cpus()[0]?.model ?? "?"}`)
   const lines: Array<string> = []
+  if (args.only === undefined || args.only === "stages") {
+    lines.push("\n### stages: cost per message (in process, best of 5)")
+    lines.push(stageTable(await runStageBench()))
+    console.log(lines.slice(-2).join("\n"))
+  }
   for (const [name, load] of Object.entries(scenarios)) {
     if (args.only !== undefined && args.only !== name) continue
     const dataDir = Fs.mkdtempSync(Path.join(Os.tmpdir(), "gw-bench-"))
     const raw = await measure("raw node:net", baseline, load)
     const gw = await measure("gateway (sqlite)", gateway(dataDir), load)
+    const servers = [raw, gw]
+    if (name === "throughput") {
+      const stagedDir = Fs.mkdtempSync(Path.join(Os.tmpdir(), "gw-bench-"))
+      const staged = gateway(stagedDir, { GATEWAY_STAGES_FILE: exampleStages(stagedDir) })
+      servers.push(await measure("gateway (sqlite) + 2 example stages", staged, load))
+      Fs.rmSync(stagedDir, { recursive: true, force: true })
+    }
     Fs.rmSync(dataDir, { recursive: true, force: true })
     const pace = load.rate > 0 ? `${fmt(load.rate)} msgs/s` : "unpaced"
     lines.push(`\n### ${name}: ${load.connections} connections × window ${load.window}, ${pace}, ${fmt(load.eventRatio * 100)}% events, ${seconds} s`)
     lines.push("| server | acked msgs/s | p50 ms | p99 ms | max ms | peak RSS MB | nacks |")
     lines.push("|---|---:|---:|---:|---:|---:|---:|")
-    for (const r of [raw, gw]) {
+    for (const r of servers) {
       lines.push(`| ${r.server} | ${fmt(r.msgsPerSec)} | ${fmt(r.p50Ms, 2)} | ${fmt(r.p99Ms, 2)} | ${fmt(r.maxMs, 1)} | ${fmt(r.rssMb)} | ${r.nacked} |`)
     }
     lines.push(`gateway/raw throughput ratio: ${fmt(gw.msgsPerSec / raw.msgsPerSec, 3)}`)
-    console.log(lines.slice(-6).join("\n"))
+    console.log(lines.slice(-(4 + servers.length)).join("\n"))
   }
   console.log("\n" + lines.join("\n"))
 }

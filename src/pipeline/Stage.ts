@@ -339,32 +339,46 @@ export const build = <In, Out, E, R>(self: Stage<In, Out, E, R>, options: BuildO
       isSync,
       runSync: (inputs) => {
         if (!isSync) throw new Error("runSync on a pipeline with asynchronous stages")
-        const state = new RunState<E>(inputs)
-        for (const step of steps) {
-          if (state.values.length === 0) break
-          const started = performance.now()
-          state.apply(step, applySync(step, state.values))
-          Metrics.record(step.duration, performance.now() - started)
-        }
-        return state.outcome<Out>()
+        return runAllSync(inputs)
       },
-      run: (inputs) =>
-        Effect.gen(function*() {
-          const state = new RunState<E>(inputs)
-          for (const step of steps) {
-            if (state.values.length === 0) break
-            const started = performance.now()
-            const chunkOf = state.values
-            const results = spans
-              ? yield* Effect.withSpan(applyAsync(step, chunkOf), `stage ${step.name}`, {
-                attributes: { "stage.name": step.name, "chunk.size": chunkOf.length }
-              })
-              : yield* applyAsync(step, chunkOf)
-            state.apply(step, results)
-            Metrics.record(step.duration, performance.now() - started)
-          }
-          return state.outcome<Out>()
-        })
+      run: isSync && !spans
+        // all synchronous: one Effect per chunk, none per stage
+        ? (inputs) => Effect.sync(() => runAllSync(inputs))
+        : (inputs) =>
+          Effect.gen(function*() {
+            const state = new RunState<E>(inputs)
+            let started = performance.now()
+            for (const step of steps) {
+              if (state.values.length === 0) break
+              const chunkOf = state.values
+              // a synchronous stage needs no Effect (it isolates throws per message itself)
+              const results = spans
+                ? yield* Effect.withSpan(applyAsync(step, chunkOf), `stage ${step.name}`, {
+                  attributes: { "stage.name": step.name, "chunk.size": chunkOf.length }
+                })
+                : step.fn.sync !== undefined
+                ? applySync(step, chunkOf)
+                : yield* applyAsync(step, chunkOf)
+              state.apply(step, results)
+              const ended = performance.now()
+              Metrics.record(step.duration, ended - started)
+              started = ended
+            }
+            return state.outcome<Out>()
+          })
+    }
+
+    function runAllSync(inputs: ReadonlyArray<In>): Outcome<Out, E> {
+      const state = new RunState<E>(inputs)
+      let started = performance.now()
+      for (const step of steps) {
+        if (state.values.length === 0) break
+        state.apply(step, applySync(step, state.values))
+        const ended = performance.now()
+        Metrics.record(step.duration, ended - started)
+        started = ended
+      }
+      return state.outcome<Out>()
     }
   })
 

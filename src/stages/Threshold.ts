@@ -39,19 +39,25 @@ export type WithAlerts<E extends Envelope = Envelope> = E & { readonly alerts?: 
 
 /** Adds `alerts` to telemetry that crosses one of `options.limits`. */
 export const threshold = (options: Options): Stage.Stage<Envelope, WithAlerts> => {
-  const byMetric = new Map<string, Array<Limit>>()
+  // flat arrays: one pass per message, no iterator objects
+  const metrics: Array<string> = []
+  const limitsOf: Array<Array<Limit>> = []
   for (const limit of options.limits) {
-    const list = byMetric.get(limit.metric) ?? []
-    list.push(limit)
-    byMetric.set(limit.metric, list)
+    const at = metrics.indexOf(limit.metric)
+    if (at === -1) {
+      metrics.push(limit.metric)
+      limitsOf.push([limit])
+    } else limitsOf[at]!.push(limit)
   }
   return Stage.map("threshold", (e: Envelope): WithAlerts => {
     if (e.kind !== "telemetry") return e
+    const values = e.body.metrics
     let alerts: Array<Alert> | undefined
-    for (const [metric, limits] of byMetric) {
-      const value = e.body.metrics[metric]
-      if (value === undefined || !Object.hasOwn(e.body.metrics, metric)) continue
-      for (const limit of limits) {
+    for (let m = 0; m < metrics.length; m++) {
+      const metric = metrics[m]!
+      const value = values[metric]
+      if (value === undefined || !Object.hasOwn(values, metric)) continue
+      for (const limit of limitsOf[m]!) {
         const severity = limit.severity ?? "warning"
         if (limit.above !== undefined && value > limit.above) {
           ;(alerts ??= []).push({ metric, value, limit: limit.above, crossed: "above", severity })

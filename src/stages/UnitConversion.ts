@@ -48,16 +48,12 @@ export const unitConversion = (options: Options): Stage.Stage<Envelope, Envelope
     const linear = c.preset === undefined ? { scale: c.scale ?? 1, offset: c.offset ?? 0 } : PRESETS[c.preset]
     rules.set(c.from, { to: c.to ?? c.from, ...linear })
   }
+  const froms = [...rules.keys()]
   return Stage.map("unit-conversion", (e: Envelope) => {
     if (e.kind !== "telemetry") return e
     const metrics = e.body.metrics
     let touched = false
-    for (const name in metrics) {
-      if (rules.has(name)) {
-        touched = true
-        break
-      }
-    }
+    for (let r = 0; r < froms.length && !touched; r++) touched = Object.hasOwn(metrics, froms[r]!)
     if (!touched) return e
     // no prototype: a metric may be named like an Object.prototype member (or __proto__)
     const converted: Record<string, number> = Object.create(null)

@@ -385,7 +385,7 @@ describe("gateway process", () => {
     const lines = output.split("\n").filter((l) => l.includes("invalid configuration") && l.includes("GATEWAY_STAGES_FILE"))
     expect({ lines: lines.length, output }).toEqual({ lines: 1, output })
     expect(lines[0]).toContain("stages[0] (threshold)")
-    expect(output).not.toContain("listening")
+    expect(output).not.toContain('"message":"listening"')
   })
 
   it("device CLI", async () => {
