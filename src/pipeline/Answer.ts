@@ -52,26 +52,29 @@ export const answerOf = (seq: number, stop: Settled | Rejected<StageError | Stag
  * answered message is counted by kind and outcome; every rejection by its error class.
  */
 export class Tally {
-  private readonly counts = new Map<string, number>()
-  private readonly errors = new Map<Metrics.ErrorClass, number>()
+  private readonly telemetry: Partial<Record<Metrics.MessageOutcome, number>> = {}
+  private readonly event: Partial<Record<Metrics.MessageOutcome, number>> = {}
+  private readonly errors: Partial<Record<Metrics.ErrorClass, number>> = {}
 
   /** Counts one message of `kind` with `outcome`. */
-  add(kind: Kind, outcome: Metrics.MessageOutcome, n = 1): void {
-    const key = `${kind}/${outcome}`
-    this.counts.set(key, (this.counts.get(key) ?? 0) + n)
+  add(kind: Kind, outcome: Metrics.MessageOutcome): void {
+    const counts = kind === "telemetry" ? this.telemetry : this.event
+    counts[outcome] = (counts[outcome] ?? 0) + 1
   }
 
   /** Counts one rejection by its error class. */
   addError(stop: Settled | Rejected<StageError | StageDefect>): void {
-    if (stop instanceof Rejected) this.errors.set(stop.error._tag, (this.errors.get(stop.error._tag) ?? 0) + 1)
+    if (stop instanceof Rejected) this.errors[stop.error._tag] = (this.errors[stop.error._tag] ?? 0) + 1
   }
 
   /** Records the counts into the metrics. */
   record(): void {
-    for (const [key, n] of this.counts) {
-      const [kind, outcome] = key.split("/") as [Kind, Metrics.MessageOutcome]
-      Metrics.record(Metrics.messages(kind, outcome), n)
+    for (const [outcome, n] of Object.entries(this.telemetry)) {
+      Metrics.record(Metrics.messages("telemetry", outcome as Metrics.MessageOutcome), n)
     }
-    for (const [errorClass, n] of this.errors) Metrics.record(Metrics.errors(errorClass), n)
+    for (const [outcome, n] of Object.entries(this.event)) {
+      Metrics.record(Metrics.messages("event", outcome as Metrics.MessageOutcome), n)
+    }
+    for (const [errorClass, n] of Object.entries(this.errors)) Metrics.record(Metrics.errors(errorClass as Metrics.ErrorClass), n)
   }
 }

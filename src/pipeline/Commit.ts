@@ -21,7 +21,6 @@ export const commit: Stage.Stage<
   TransientUpstreamError | PermanentPersistenceError,
   Sink | GatewayConfig
 > = Stage.unwrap(
-  "commit",
   Effect.gen(function*() {
     const sink = yield* Sink
     const config = yield* GatewayConfig

@@ -21,7 +21,6 @@ export class Dedup extends Context.Service<Dedup, DedupWindow>()("gateway/Dedup"
 /** Settles a message already committed (within the window) as a duplicate; passes the rest on. */
 export const dedup = <A extends EnvelopeHeader>(): Stage.Stage<A, A, never, Dedup> =>
   Stage.unwrap(
-    "dedup",
     Effect.map(Dedup, (window) =>
       Stage.map("dedup", (e: A) => (window.isCommitted(e.device, e.epoch, e.seq) ? Stage.duplicate : e)))
   )

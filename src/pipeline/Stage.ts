@@ -119,12 +119,18 @@ export interface Stage<in In, out Out, out E = never, out R = never> extends Pip
 /** Any stage. */
 export type Any = Stage<never, unknown, unknown, unknown>
 
-/** A primitive stage before it is built. */
+/** Primitive stages before they are built (one, or the stages an {@link unwrap} makes). */
 interface StepDef {
-  readonly name: string
   readonly selection: Selection | undefined
-  /** Builds the chunk function, resolving the stage's services once. */
-  readonly build: Effect.Effect<ChunkFn, never, unknown>
+  /** Builds the named chunk functions, resolving the stages' services once. */
+  readonly build: Effect.Effect<ReadonlyArray<Named>, never, unknown>
+}
+
+/** A built primitive stage, its name, and the selections it is restricted to (all must match). */
+interface Named {
+  readonly name: string
+  readonly fn: ChunkFn
+  readonly selections: ReadonlyArray<Selection>
 }
 
 /** A built primitive stage: synchronous when `sync` is set, else an Effect per chunk. */
@@ -148,7 +154,10 @@ const fromSteps = <In, Out, E, R>(steps: ReadonlyArray<StepDef>): Stage<In, Out,
   new StageImpl(steps) as unknown as Stage<In, Out, E, R>
 
 const primitive = <In, Out, E, R>(name: string, build: Effect.Effect<ChunkFn, never, R>): Stage<In, Out, E, R> =>
-  fromSteps([{ name, selection: undefined, build: build as Effect.Effect<ChunkFn, never, unknown> }])
+  fromSteps([{
+    selection: undefined,
+    build: Effect.map(build, (fn): ReadonlyArray<Named> => [{ name, fn, selections: [] }]) as Effect.Effect<ReadonlyArray<Named>, never, unknown>
+  }])
 
 const defect = (name: string, cause: unknown) =>
   new Rejected(new StageDefect({ stage: name, message: `stage ${name} failed: ${describeDefect(cause)}`, cause }))
@@ -234,16 +243,19 @@ const verdictOfCause = <E>(stage: string, cause: Cause.Cause<E>): Rejected<E | S
  * A stage whose construction needs services or resources: `make` runs once, when the pipeline's
  * layer is built, and returns the stage (typically a {@link map} closing over what it resolved).
  */
-export const unwrap = <In, Out, E, R, R2>(
-  name: string,
-  make: Effect.Effect<Stage<In, Out, E, R>, never, R2>
-): Stage<In, Out, E, R | R2> =>
-  primitive(
-    name,
-    Effect.flatMap(make, (stage) => {
-      if (stage.steps.length !== 1) return Effect.die(new Error(`Stage.unwrap(${name}) expects one primitive stage`))
-      return stage.steps[0]!.build as Effect.Effect<ChunkFn, never, R>
-    })
+export const unwrap = <In, Out, E, R, R2>(make: Effect.Effect<Stage<In, Out, E, R>, never, R2>): Stage<In, Out, E, R | R2> =>
+  fromSteps([{
+    selection: undefined,
+    build: Effect.flatMap(make, (stage) => buildSteps(stage.steps)) as Effect.Effect<ReadonlyArray<Named>, never, unknown>
+  }])
+
+/** Builds step definitions in order, each selection applying to what its definition built. */
+const buildSteps = (defs: ReadonlyArray<StepDef>) =>
+  Effect.map(
+    Effect.forEach(defs, (def) =>
+      Effect.map(def.build, (built) =>
+        def.selection === undefined ? built : built.map((b) => ({ ...b, selections: [...b.selections, def.selection!] })))),
+    (lists) => lists.flat()
   )
 
 // ---- composition ----
@@ -270,8 +282,6 @@ export const when: {
 export const provideContext = <In, Out, E, R>(self: Stage<In, Out, E, R>, context: Context.Context<R>): Stage<In, Out, E> =>
   fromSteps(self.steps.map((s) => ({ ...s, build: Effect.provideContext(s.build, context as Context.Context<unknown>) })))
 
-/** The names of a stage's primitive stages, in order. */
-export const names = (self: Any): ReadonlyArray<string> => self.steps.map((s) => s.name)
 
 // ---- running ----
 
@@ -319,19 +329,16 @@ interface BuiltStep {
 /** Builds a pipeline: resolves each stage's services once and prepares its metrics. */
 export const build = <In, Out, E, R>(self: Stage<In, Out, E, R>, options: BuildOptions = {}): Effect.Effect<Runner<In, Out, E>, never, R> =>
   Effect.gen(function*() {
-    const steps: Array<BuiltStep> = []
-    for (const def of self.steps) {
-      const fn = yield* (def.build as Effect.Effect<ChunkFn, never, R>)
-      steps.push({
-        name: def.name,
-        fn,
-        matches: def.selection === undefined ? undefined : matcher(def.selection),
-        duration: Metrics.stageDuration(def.name),
-        passedCount: Metrics.stageMessages(def.name, "passed"),
-        settledCount: Metrics.stageMessages(def.name, "settled"),
-        rejectedCount: Metrics.stageMessages(def.name, "rejected")
-      })
-    }
+    const named = yield* (buildSteps(self.steps) as Effect.Effect<ReadonlyArray<Named>, never, R>)
+    const steps: Array<BuiltStep> = named.map(({ fn, name, selections }) => ({
+      name,
+      fn,
+      matches: selections.length === 0 ? undefined : matcher(selections),
+      duration: Metrics.stageDuration(name),
+      passedCount: Metrics.stageMessages(name, "passed"),
+      settledCount: Metrics.stageMessages(name, "settled"),
+      rejectedCount: Metrics.stageMessages(name, "rejected")
+    }))
     const isSync = steps.every((s) => s.fn.sync !== undefined)
     const spans = options.spans === true
     return {
@@ -446,19 +453,22 @@ const merge = (values: ReadonlyArray<unknown>, picked: Picked, results: Readonly
   return out
 }
 
-/** A predicate from a selection: kinds by set, devices by exact id or `prefix*`. */
-const matcher = (selection: Selection): (item: Selectable) => boolean => {
-  const kinds = selection.kinds === undefined ? undefined : new Set(selection.kinds)
-  const exact = new Set<string>()
-  const prefixes: Array<string> = []
-  for (const d of selection.devices ?? []) {
-    if (d.endsWith("*")) prefixes.push(d.slice(0, -1))
-    else exact.add(d)
-  }
-  const anyDevice = selection.devices === undefined || prefixes.includes("")
-  return (item) =>
-    (kinds === undefined || kinds.has(item.kind)) &&
-    (anyDevice || exact.has(item.device) || prefixes.some((p) => item.device.startsWith(p)))
+/** A predicate from selections (all must match): kinds by set, devices by exact id or `prefix*`. */
+const matcher = (selections: ReadonlyArray<Selection>): (item: Selectable) => boolean => {
+  const tests = selections.map((selection) => {
+    const kinds = selection.kinds === undefined ? undefined : new Set(selection.kinds)
+    const exact = new Set<string>()
+    const prefixes: Array<string> = []
+    for (const d of selection.devices ?? []) {
+      if (d.endsWith("*")) prefixes.push(d.slice(0, -1))
+      else exact.add(d)
+    }
+    const anyDevice = selection.devices === undefined || prefixes.includes("")
+    return (item: Selectable) =>
+      (kinds === undefined || kinds.has(item.kind)) &&
+      (anyDevice || exact.has(item.device) || prefixes.some((p) => item.device.startsWith(p)))
+  })
+  return tests.length === 1 ? tests[0]! : (item) => tests.every((test) => test(item))
 }
 
 /** The messages still going through a run, and where the others stopped. */

@@ -157,7 +157,6 @@ export const deviceMetadata = (
   options: Options = {}
 ): Stage.Stage<Envelope, WithMetadata, TransientUpstreamError, DeviceDirectory> =>
   Stage.unwrap(
-    "device-metadata",
     Effect.gen(function*() {
       const directory = yield* DeviceDirectory
       const cache = new InfoCache(options.capacity ?? 100_000, options.ttlMs ?? 60_000)

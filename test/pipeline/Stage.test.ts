@@ -150,7 +150,6 @@ describe("Stage", () => {
     Effect.gen(function*() {
       let builds = 0
       const stage = Stage.unwrap(
-        "t-unwrap",
         Effect.sync(() => {
           builds++
           const offset = 100
@@ -162,6 +161,20 @@ describe("Stage", () => {
       const outcome = yield* runner.run([envelope(2)])
       expect(builds).toBe(1)
       expect(seqs(outcome.passed)).toEqual([102])
+    }))
+
+  it.effect("unwrap of a composed pipeline keeps each stage's name; an outer when applies to all of them", () =>
+    Effect.gen(function*() {
+      const seen: Array<string> = []
+      const inner = Stage.map("t-u1", (e: Envelope) => (seen.push(`u1 ${e.seq}`), e)).pipe(
+        Stage.andThen(Stage.map("t-u2", (e: Envelope) => (seen.push(`u2 ${e.seq}`), e.seq === 3 ? Stage.dropped : e)))
+      )
+      const stage = Stage.unwrap(Effect.succeed(inner)).pipe(Stage.when({ devices: ["a-*"] }))
+      const runner = yield* Stage.build(stage)
+      expect(runner.names).toEqual(["t-u1", "t-u2"])
+      const outcome = yield* runner.run([envelope(1, "a-1"), envelope(2, "b-1"), envelope(3, "a-2")])
+      expect(seen).toEqual(["u1 1", "u1 3", "u2 1", "u2 3"])
+      expect(fates(3, outcome)).toEqual(["passed", "passed", "t-u2:settled:dropped"])
     }))
 
   it.effect("every stage gets message and error counters labelled with its name", () =>
