@@ -1,14 +1,16 @@
 /**
  * Traces over OTLP/HTTP to a real (local) collector endpoint: the ingest span of a message
- * continues the device's traceparent, the sink batch span links it, and the stored envelope
- * names the ingest span.
+ * continues the device's traceparent, the sink batch span links it, each stage gets a span
+ * inside it, and the stored envelope names the ingest span.
  */
 import { afterEach, describe, expect, it } from "@effect/vitest"
+import * as Fs from "node:fs"
 import * as Http from "node:http"
 import type { AddressInfo } from "node:net"
+import * as Path from "node:path"
 import * as Tracing from "../../src/observability/Tracing.ts"
 import { Device, telemetry } from "../support/client.ts"
-import { startGateway } from "../support/gateway.ts"
+import { startGateway, tempDir } from "../support/gateway.ts"
 import { rows } from "../support/store.ts"
 
 interface OtlpSpan {
@@ -47,7 +49,13 @@ describe("tracing", () => {
   it("exports an ingest span per message continuing the device's trace, and a linked sink batch span", async () => {
     const c = await collector()
     process.env["OTEL_EXPORTER_OTLP_ENDPOINT"] = `http://127.0.0.1:${c.port}`
-    const g = await startGateway({}, Tracing.layerFromEnv("gateway-test"))
+    const dir = tempDir("gw-trace-")
+    const stagesFile = Path.join(dir, "stages.json")
+    Fs.writeFileSync(stagesFile, JSON.stringify({ stages: [{ stage: "threshold", options: { limits: [] } }] }))
+    const g = await startGateway(
+      { GATEWAY_DATA_DIR: dir, GATEWAY_STAGES_FILE: stagesFile },
+      Tracing.layerFromEnv("gateway-test")
+    )
     const { d } = await Device.open(g.port, "dev-traced")
     const traceId = "4bf92f3577b34da6a3ce929d0e0e4736"
     d.send(telemetry(1, { t: 1 }, { trace: `00-${traceId}-00f067aa0ba902b7-01` }), telemetry(2))
@@ -67,5 +75,11 @@ describe("tracing", () => {
     const linked = batches.flatMap((b) => b.links ?? []).map((l) => l.spanId)
     expect(linked).toContain(continued!.spanId)
     expect(c.spans.some((s) => s.name === "gateway.connection")).toBe(true)
+    // every stage of the persistence pipeline gets a span per chunk, inside the batch span
+    for (const name of ["stage threshold", "stage commit"]) {
+      const stageSpans = c.spans.filter((s) => s.name === name)
+      expect({ name, count: stageSpans.length > 0 }).toEqual({ name, count: true })
+      for (const span of stageSpans) expect(batches.map((b) => b.spanId)).toContain(span.parentSpanId)
+    }
   })
 })
