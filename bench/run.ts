@@ -98,8 +98,9 @@ const exampleStages = (dir: string) => {
   const file = Path.join(dir, "stages.json")
   Fs.writeFileSync(file, JSON.stringify({
     stages: [
-      { stage: "unit-conversion", options: { conversions: [{ from: "t", to: "t_c", preset: "fahrenheit_to_celsius" }] } },
-      { stage: "threshold", options: { limits: [{ metric: "t_c", above: 1e9 }] } }
+      // bench/load.ts sends temp, humidity and battery: every message is converted (a copy each)
+      { stage: "unit-conversion", options: { conversions: [{ from: "temp", to: "temp_f", preset: "celsius_to_fahrenheit" }] } },
+      { stage: "threshold", options: { limits: [{ metric: "temp_f", above: 1000 }, { metric: "battery", below: 3.3 }] } }
     ]
   }))
   return file
