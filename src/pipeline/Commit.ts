@@ -14,6 +14,9 @@ import * as Metrics from "../observability/Metrics.ts"
 import { Outcome, Sink, type WriteResult } from "../sinks/Sink.ts"
 import * as Stage from "./Stage.ts"
 
+/** The commit stage's name (reserved: user stages may not use it). */
+export const COMMIT = "commit"
+
 /** Writes each chunk to the {@link Sink} and settles every message. */
 export const commit: Stage.Stage<
   Envelope,
@@ -29,7 +32,7 @@ export const commit: Stage.Stage<
       Schedule.modifyDelay(({ duration }) => Effect.succeed(Duration.min(duration, Duration.seconds(2)))),
       Schedule.upTo({ times: config.storeRetries })
     )
-    return Stage.chunk<Envelope, never, TransientUpstreamError | PermanentPersistenceError>("commit", (batch: ReadonlyArray<Envelope>) =>
+    return Stage.chunk<Envelope, never, TransientUpstreamError | PermanentPersistenceError>(COMMIT, (batch: ReadonlyArray<Envelope>) =>
       Effect.gen(function*() {
         const started = performance.now()
         Metrics.record(Metrics.sinkBatchSize, batch.length)
@@ -47,7 +50,7 @@ export const commit: Stage.Stage<
         )
         Metrics.record(Metrics.sinkBatchMs, performance.now() - started)
         return verdicts(sink.name, result)
-      }))
+      }), { timeoutMs: Infinity }) // bounded by the sink's own timeouts and GATEWAY_STORE_RETRIES
   })
 )
 

@@ -11,8 +11,9 @@ import { GatewayConfig } from "../config/GatewayConfig.ts"
 import { Lifecycle } from "../Lifecycle.ts"
 import * as Metrics from "../observability/Metrics.ts"
 import { MessageTracer } from "../observability/Tracing.ts"
+import { type DeadLetter, Sink } from "../sinks/Sink.ts"
 import { answerOf, Tally } from "./Answer.ts"
-import { commit } from "./Commit.ts"
+import { commit, COMMIT } from "./Commit.ts"
 import { Dedup } from "./Dedup.ts"
 import { type InFlight, Lanes, type Replier } from "./Lanes.ts"
 import { Pipeline } from "./Pipeline.ts"
@@ -31,7 +32,11 @@ export const layer = Layer.effectDiscard(Effect.gen(function*() {
   const lifecycle = yield* Lifecycle
   const tracer = yield* MessageTracer
   const stages = yield* Pipeline
+  const sink = yield* Sink
   const pipeline = yield* Stage.build(Stage.andThen(stages, commit), { spans: tracer.enabled })
+  if (pipeline.names.indexOf(COMMIT) !== pipeline.names.length - 1) {
+    return yield* Effect.die(new Error(`a user stage is named "${COMMIT}": the name is reserved for the commit stage`))
+  }
 
   const answer = (batch: ReadonlyArray<InFlight>, outcome: Stage.Outcome<never, Stage.StageError>) => {
     const now = performance.now()
@@ -59,8 +64,21 @@ export const layer = Layer.effectDiscard(Effect.gen(function*() {
     Metrics.record(Metrics.dedupDevices, dedup.deviceCount)
   }
 
+  /** Stores what a stage refused for good before those messages are nacked (best effort). */
+  const keepDeadLetters = (batch: ReadonlyArray<InFlight>, outcome: Stage.Outcome<never, Stage.StageError>) => {
+    const letters = deadLettersOf(batch, outcome)
+    if (letters.length === 0) return Effect.void
+    return sink.deadLetter(letters).pipe(
+      Effect.tapError((e) =>
+        Effect.logWarning("dead letters not stored").pipe(Effect.annotateLogs({ count: letters.length, error: e.message }))
+      ),
+      Effect.ignore
+    )
+  }
+
   const runBatch = (batch: ReadonlyArray<InFlight>) => {
-    const run = Effect.map(pipeline.run(batch.map((i) => i.envelope)), (outcome) => answer(batch, outcome))
+    const run = Effect.flatMap(pipeline.run(batch.map((i) => i.envelope)), (outcome) =>
+      Effect.as(keepDeadLetters(batch, outcome), outcome)).pipe(Effect.map((outcome) => answer(batch, outcome)))
     if (!tracer.enabled) return run
     const links: Array<Tracer.SpanLink> = []
     for (const item of batch) if (item.span !== undefined) links.push({ span: item.span, attributes: {} })
@@ -103,3 +121,20 @@ export const layer = Layer.effectDiscard(Effect.gen(function*() {
     })
   )
 }))
+
+/**
+ * The messages a stage before `commit` refused for good (invalid, or refused like a store
+ * would), as they entered the pipeline. The store dead-letters its own refusals itself.
+ */
+const deadLettersOf = (batch: ReadonlyArray<InFlight>, outcome: Stage.Outcome<never, Stage.StageError>) => {
+  const letters: Array<DeadLetter> = []
+  const { stops, stoppedAt, stoppedBy } = outcome
+  for (let j = 0; j < stops.length; j++) {
+    const stop = stops[j]!
+    if (!(stop instanceof Stage.Rejected) || stoppedBy[j] === COMMIT) continue
+    const tag = stop.error._tag
+    if (tag !== "ValidationError" && tag !== "PermanentPersistenceError") continue
+    letters.push({ envelope: batch[stoppedAt[j]!]!.envelope, reason: `stage ${stoppedBy[j]}: ${stop.error.message}` })
+  }
+  return letters
+}

@@ -18,12 +18,12 @@
  */
 import { Cause, type Context, Data, Effect, Exit, Function as Fn, type Metric } from "effect"
 import { type Pipeable, pipeArguments } from "effect/Pipeable"
-import type {
-  AuthError,
-  OverloadError,
-  PermanentPersistenceError,
+import {
+  type AuthError,
+  type OverloadError,
+  type PermanentPersistenceError,
   TransientUpstreamError,
-  ValidationError
+  type ValidationError
 } from "../domain/Errors.ts"
 import type { Kind } from "../domain/Frames.ts"
 import * as Metrics from "../observability/Metrics.ts"
@@ -137,6 +137,26 @@ interface Named {
 interface ChunkFn {
   readonly sync: ((chunk: ReadonlyArray<unknown>, name: string) => Array<unknown>) | undefined
   readonly run: (chunk: ReadonlyArray<unknown>, name: string) => Effect.Effect<ReadonlyArray<unknown>, unknown>
+  /** How long one chunk may take before all its messages are rejected (none when undefined). */
+  readonly timeoutMs: number | undefined
+}
+
+/** How long an asynchronous stage may take for one chunk, unless it says otherwise. */
+export const DEFAULT_TIMEOUT_MS = 10_000
+
+/** Options of the asynchronous stage forms. */
+export interface AsyncOptions {
+  /**
+   * Milliseconds one chunk may take (default {@link DEFAULT_TIMEOUT_MS}; `Infinity`: no limit).
+   * Past it, every message of the chunk is rejected with a `TransientUpstreamError`
+   * (`nack unavailable`), so a hung upstream cannot stall the pipeline.
+   */
+  readonly timeoutMs?: number
+}
+
+const timeoutOf = (options: AsyncOptions | undefined) => {
+  const ms = options?.timeoutMs ?? DEFAULT_TIMEOUT_MS
+  return Number.isFinite(ms) ? ms : undefined
 }
 
 class StageImpl implements Stage<never, unknown, unknown, unknown> {
@@ -186,7 +206,10 @@ export const map = <In, Out, E extends StageError = never>(
     }
     return out
   }
-  return primitive(name, Effect.succeed({ sync, run: (chunk, stage) => Effect.sync(() => sync(chunk, stage)) }))
+  return primitive(
+    name,
+    Effect.succeed({ sync, run: (chunk, stage) => Effect.sync(() => sync(chunk, stage)), timeoutMs: undefined })
+  )
 }
 
 /**
@@ -196,13 +219,15 @@ export const map = <In, Out, E extends StageError = never>(
  */
 export const chunk = <In, Out, E extends StageError = never, R = never>(
   name: string,
-  f: (chunk: ReadonlyArray<In>) => Effect.Effect<ReadonlyArray<Verdict<Out, E>>, E, R>
-): Stage<In, Out, E, R> =>
+  f: (chunk: ReadonlyArray<In>) => Effect.Effect<ReadonlyArray<Verdict<Out, E>>, E, R>,
+  options?: AsyncOptions
+): Stage<In, Out, E | TransientUpstreamError, R> =>
   primitive(
     name,
     Effect.map(Effect.context<R>(), (context): ChunkFn => ({
       sync: undefined,
-      run: (items) => Effect.provideContext(f(items as ReadonlyArray<In>), context)
+      run: (items) => Effect.provideContext(f(items as ReadonlyArray<In>), context),
+      timeoutMs: timeoutOf(options)
     }))
   )
 
@@ -213,8 +238,8 @@ export const chunk = <In, Out, E extends StageError = never, R = never>(
 export const mapEffect = <In, Out, E extends StageError = never, R = never>(
   name: string,
   f: (input: In) => Effect.Effect<Out | Settled, E, R>,
-  options?: { readonly concurrency?: number }
-): Stage<In, Out, E, R> =>
+  options?: AsyncOptions & { readonly concurrency?: number }
+): Stage<In, Out, E | TransientUpstreamError, R> =>
   primitive(
     name,
     Effect.map(Effect.context<R>(), (context): ChunkFn => ({
@@ -230,7 +255,8 @@ export const mapEffect = <In, Out, E extends StageError = never, R = never>(
                 ? Effect.failCause(exit.cause as Cause.Cause<never>)
                 : Effect.succeed(verdictOfCause(stage, exit.cause))),
           { concurrency: options?.concurrency ?? 1 }
-        ).pipe(Effect.provideContext(context))
+        ).pipe(Effect.provideContext(context)),
+      timeoutMs: timeoutOf(options)
     }))
   )
 
@@ -407,26 +433,41 @@ const applyAsync = (step: BuiltStep, values: ReadonlyArray<unknown>): Effect.Eff
 }
 
 /**
- * Runs one chunk: a typed failure rejects every message of it; a defect (or a wrong number of
- * verdicts) is retried one message at a time, so that only the message causing it is rejected.
+ * Runs one chunk: a typed failure (or the stage's timeout) rejects every message of it; a
+ * defect (or a wrong number of verdicts) is retried on each half of the chunk, down to single
+ * messages, so that only the messages causing it are rejected (about 2·log2(n) extra runs for
+ * one bad message in n).
  */
 const runIsolated = (step: BuiltStep, values: ReadonlyArray<unknown>): Effect.Effect<ReadonlyArray<unknown>> =>
-  Effect.exit(checked(step, values)).pipe(
+  Effect.exit(timed(step, values)).pipe(
     Effect.flatMap((exit): Effect.Effect<ReadonlyArray<unknown>> => {
       if (Exit.isSuccess(exit)) return Effect.succeed(exit.value)
       if (Cause.hasInterrupts(exit.cause)) return Effect.failCause(exit.cause as Cause.Cause<never>)
       const failure = Cause.findErrorOption(exit.cause)
       if (failure._tag === "Some") return Effect.succeed(values.map(() => new Rejected(failure.value)))
       if (values.length === 1) return Effect.succeed([defect(step.name, Cause.squash(exit.cause))])
-      return Effect.forEach(values, (value) => Effect.map(runIsolated(step, [value]), (r) => r[0]))
+      const half = Math.ceil(values.length / 2)
+      return Effect.zipWith(
+        runIsolated(step, values.slice(0, half)),
+        runIsolated(step, values.slice(half)),
+        (a, b) => a.concat(b)
+      )
     })
   )
 
-const checked = (step: BuiltStep, values: ReadonlyArray<unknown>) =>
-  Effect.flatMap(Effect.suspend(() => step.fn.run(values, step.name)), (results) =>
+/** One run of a chunk, within the stage's timeout, checked to give one verdict per message. */
+const timed = (step: BuiltStep, values: ReadonlyArray<unknown>): Effect.Effect<ReadonlyArray<unknown>, unknown> => {
+  const run = Effect.flatMap(Effect.suspend(() => step.fn.run(values, step.name)), (results) =>
     results.length === values.length
       ? Effect.succeed(results)
       : Effect.die(new Error(`stage ${step.name} returned ${results.length} verdicts for ${values.length} messages`)))
+  const ms = step.fn.timeoutMs
+  if (ms === undefined) return run
+  return Effect.flatMap(Effect.timeoutOption(run, ms), (result) =>
+    result._tag === "Some"
+      ? Effect.succeed(result.value)
+      : Effect.fail(new TransientUpstreamError({ sink: `stage ${step.name}`, message: `timed out after ${ms} ms` })))
+}
 
 interface Picked {
   readonly items: Array<unknown>

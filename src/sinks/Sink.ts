@@ -18,6 +18,13 @@ export interface WriteResult {
   readonly rejections: ReadonlyMap<number, string>
 }
 
+/** A message a stage refused for good, kept for operators to inspect (and replay). */
+export interface DeadLetter {
+  readonly envelope: Envelope
+  /** Which stage refused it and why. */
+  readonly reason: string
+}
+
 /** What every sink driver implements. */
 export interface SinkShape {
   /** Short driver name for metrics, logs and spans (`sqlite`, `nats`, `postgres`). */
@@ -26,6 +33,8 @@ export interface SinkShape {
   readonly write: (
     batch: ReadonlyArray<Envelope>
   ) => Effect.Effect<WriteResult, TransientUpstreamError | PermanentPersistenceError>
+  /** Stores dead letters durably (the sink's own rejections it dead-letters itself, in `write`). */
+  readonly deadLetter: (records: ReadonlyArray<DeadLetter>) => Effect.Effect<void, TransientUpstreamError>
   /** Highest committed seq of (device, epoch), or null when none is known. */
   readonly lastSeq: (device: string, epoch: number) => Effect.Effect<number | null, TransientUpstreamError>
   /** True while the sink can take writes (readiness). */

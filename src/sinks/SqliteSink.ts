@@ -17,9 +17,9 @@ import { DatabaseSync } from "node:sqlite"
 import { Worker } from "node:worker_threads"
 import type { Envelope } from "../domain/Envelope.ts"
 import { PermanentPersistenceError, TransientUpstreamError } from "../domain/Errors.ts"
-import { Sink, type WriteResult } from "./Sink.ts"
+import { type DeadLetter, Sink, type WriteResult } from "./Sink.ts"
 import { describe, openDatabase, packEnvelopes } from "./SqliteStore.ts"
-import type { WriteReply } from "./SqliteWriter.ts"
+import type { DeadLetterRequest, WriteReply, WriteRequest } from "./SqliteWriter.ts"
 
 /** Options of the SQLite sink. */
 export interface SqliteSinkOptions {
@@ -81,11 +81,12 @@ export const make = Effect.fn("SqliteSink.make")(function*(options: SqliteSinkOp
   })
   yield* Effect.addFinalizer(() => Effect.sync(() => (healthy = false)))
 
-  const write = (batch: ReadonlyArray<Envelope>) =>
+  /** Sends one request (a fresh id each time it runs, retries included) and waits for its reply. */
+  const request = (make: (id: number) => WriteRequest | DeadLetterRequest) =>
     Effect.callback<WriteResult, TransientUpstreamError | PermanentPersistenceError>((resume) => {
       if (!healthy) return resume(Effect.fail(new TransientUpstreamError({ sink: "sqlite", message: "sqlite writer is not running" })))
-      const id = nextId++
-      pending.set(id, (reply) =>
+      const message = make(nextId++)
+      pending.set(message.id, (reply) =>
         resume(
           reply.ok
             ? Effect.succeed({ outcomes: reply.outcomes, rejections: new Map(reply.rejections) })
@@ -95,12 +96,32 @@ export const make = Effect.fn("SqliteSink.make")(function*(options: SqliteSinkOp
                 : new PermanentPersistenceError({ sink: "sqlite", message: reply.message })
             )
         ))
-      writer.postMessage({ id, rows: packEnvelopes(batch), count: batch.length })
+      writer.postMessage(message)
     })
+
+  const write = (batch: ReadonlyArray<Envelope>) =>
+    request((id) => ({ id, rows: packEnvelopes(batch), count: batch.length }))
+
+  const deadLetter = (records: ReadonlyArray<DeadLetter>) =>
+    request((id) => ({
+      id,
+      deadLetters: records.map(({ envelope: e, reason }) => ({
+        device: e.device,
+        epoch: e.epoch,
+        seq: e.seq,
+        kind: e.kind,
+        reason,
+        envelope: JSON.stringify(e)
+      }))
+    })).pipe(
+      Effect.asVoid,
+      Effect.mapError((e) => new TransientUpstreamError({ sink: "sqlite", message: `dead letters not stored: ${e.message}` }))
+    )
 
   return Sink.of({
     name: "sqlite",
     write,
+    deadLetter,
     lastSeq: (device, epoch) =>
       Effect.try({
         try: () => (selectState.get(device, epoch) as { last_seq: number } | undefined)?.last_seq ?? null,

@@ -173,6 +173,29 @@ export const writeBatch = (db: DatabaseSync, st: Statements, rows: ReadonlyArray
   return { outcomes, rejections }
 }
 
+/** One dead letter as it crosses to the writer thread. */
+export interface DeadLetterRow {
+  readonly device: string
+  readonly epoch: number
+  readonly seq: number
+  readonly kind: string
+  readonly reason: string
+  /** The envelope as JSON text. */
+  readonly envelope: string
+}
+
+/** Stores dead letters in one transaction. */
+export const writeDeadLetters = (db: DatabaseSync, st: Statements, records: ReadonlyArray<DeadLetterRow>, now: number): void => {
+  db.exec("BEGIN IMMEDIATE")
+  try {
+    for (const r of records) st.deadLetter.run(r.device, r.epoch, r.seq, r.kind, r.reason, r.envelope, now)
+    db.exec("COMMIT")
+  } catch (error) {
+    if (db.isTransaction) db.exec("ROLLBACK")
+    throw error
+  }
+}
+
 const deadLetter = (st: Statements, r: Row, reason: string, now: number) => {
   try {
     st.deadLetter.run(r[0], r[1], r[2], r[3], reason, JSON.stringify(r), now)

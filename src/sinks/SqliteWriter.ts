@@ -1,17 +1,32 @@
 /**
- * Writer thread of the SQLite sink: owns the write connection and commits the batches that the
- * event loop sends it, so a commit never blocks socket reads, pings or acks. One message in
+ * Writer thread of the SQLite sink: owns the write connection and commits the batches (and dead
+ * letters) that the event loop sends it, so a commit never blocks socket reads, pings or acks. One message in
  * (`{ id, rows }`, rows packed in one string: one string crosses the thread boundary, not
  * thousands of objects), one reply out (outcomes as a transferred byte array, or the error's class).
  */
 import { parentPort, workerData } from "node:worker_threads"
-import { describe, isTransient, openDatabase, prepare, unpackRows, writeBatch } from "./SqliteStore.ts"
+import {
+  type DeadLetterRow,
+  describe,
+  isTransient,
+  openDatabase,
+  prepare,
+  unpackRows,
+  writeBatch,
+  writeDeadLetters
+} from "./SqliteStore.ts"
 
 /** A batch to commit. */
 export interface WriteRequest {
   readonly id: number
   readonly rows: string
   readonly count: number
+}
+
+/** Dead letters to store. */
+export interface DeadLetterRequest {
+  readonly id: number
+  readonly deadLetters: ReadonlyArray<DeadLetterRow>
 }
 
 /** The writer's answer to one request. */
@@ -24,7 +39,7 @@ const db = openDatabase(path, synchronous)
 const statements = prepare(db)
 const port = parentPort!
 
-port.on("message", (request: WriteRequest | "close") => {
+port.on("message", (request: WriteRequest | DeadLetterRequest | "close") => {
   if (request === "close") {
     db.close()
     port.close()
@@ -32,8 +47,13 @@ port.on("message", (request: WriteRequest | "close") => {
   }
   let reply: WriteReply
   try {
-    const result = writeBatch(db, statements, unpackRows(request.rows, request.count), Date.now())
-    reply = { id: request.id, ok: true, outcomes: result.outcomes, rejections: result.rejections }
+    if ("deadLetters" in request) {
+      writeDeadLetters(db, statements, request.deadLetters, Date.now())
+      reply = { id: request.id, ok: true, outcomes: new Uint8Array(0), rejections: [] }
+    } else {
+      const result = writeBatch(db, statements, unpackRows(request.rows, request.count), Date.now())
+      reply = { id: request.id, ok: true, outcomes: result.outcomes, rejections: result.rejections }
+    }
   } catch (error) {
     reply = { id: request.id, ok: false, transient: isTransient(error), message: describe(error) }
   }

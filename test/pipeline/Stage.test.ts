@@ -67,18 +67,33 @@ describe("Stage", () => {
       expect(fates(2, outcome)).toEqual(["t-down:rejected:TransientUpstreamError", "t-down:rejected:TransientUpstreamError"])
     }))
 
-  it.effect("chunk: a defect is retried message by message, so only the poison message is rejected", () =>
+  it.effect("chunk: a defect is retried on halves, so only the poison message is rejected, in few runs", () =>
     Effect.gen(function*() {
       let calls = 0
       const stage = Stage.chunk("t-poison", (chunk: ReadonlyArray<Envelope>) =>
         Effect.sync(() => {
           calls++
-          if (chunk.some((e) => e.seq === 4)) throw new Error("poison")
+          if (chunk.some((e) => e.seq === 700)) throw new Error("poison")
           return chunk
         }))
-      const outcome = yield* Effect.flatMap(Stage.build(stage), (r) => r.run([1, 2, 3, 4, 5].map((s) => envelope(s))))
-      expect(fates(5, outcome)).toEqual(["passed", "passed", "passed", "t-poison:rejected:StageDefect", "passed"])
-      expect(calls).toBe(6) // the chunk once, then each message alone
+      const outcome = yield* Effect.flatMap(Stage.build(stage), (r) => r.run(Array.from({ length: 1024 }, (_, i) => envelope(i))))
+      const ends = fates(1024, outcome)
+      expect(ends[700]).toBe("t-poison:rejected:StageDefect")
+      expect(ends.filter((f) => f === "passed")).toHaveLength(1023)
+      expect(calls).toBeLessThanOrEqual(1 + 2 * Math.log2(1024)) // not one run per message
+    }))
+
+  it.live("chunk: a stage slower than its timeout rejects its chunk with TransientUpstreamError", () =>
+    Effect.gen(function*() {
+      const stage = Stage.chunk("t-slow", (chunk: ReadonlyArray<Envelope>) =>
+        Effect.as(Effect.sleep(chunk.length > 1 ? "1 second" : "1 millis"), chunk), { timeoutMs: 50 })
+      const runner = yield* Stage.build(stage)
+      const started = Date.now()
+      const slow = yield* runner.run([envelope(1), envelope(2)])
+      expect(Date.now() - started).toBeLessThan(900)
+      expect(fates(2, slow)).toEqual(["t-slow:rejected:TransientUpstreamError", "t-slow:rejected:TransientUpstreamError"])
+      const fast = yield* runner.run([envelope(3)])
+      expect(fates(1, fast)).toEqual(["passed"])
     }))
 
   it.effect("chunk: returning the wrong number of verdicts is a defect, isolated the same way", () =>

@@ -17,7 +17,7 @@ import { DeviceDirectory, deviceMetadata } from "../../src/stages/DeviceMetadata
 import { threshold } from "../../src/stages/Threshold.ts"
 import { Device, event, telemetry } from "../support/client.ts"
 import { startGateway, tempDir, type TestGateway } from "../support/gateway.ts"
-import { rows } from "../support/store.ts"
+import { deadLetters, rows } from "../support/store.ts"
 
 const running: Array<TestGateway> = []
 const devices: Array<Device> = []
@@ -96,7 +96,7 @@ describe("user stages from the stages file", () => {
     ) expect(text).toContain(needle)
   })
 
-  it("a stage's rejection answers only that message; the rest of the batch commits", async () => {
+  it("a stage's rejection answers only that message, dead-lettered; the rest of the batch commits", async () => {
     const g = await withStagesFile([
       { stage: "unit-conversion", options: { conversions: [{ from: "big", scale: 1e10 }] } }
     ])
@@ -108,6 +108,11 @@ describe("user stages from the stages file", () => {
     expect(String(answers[1]!["message"])).toContain("finite range")
     expect(answers[2]).toEqual({ type: "ack", seq: 3 })
     expect(stored(g, "dev-reject").map((r) => r.seq)).toEqual([1, 3])
+    // kept for operators, as it entered the pipeline, before the nack was sent
+    const dead = deadLetters(g.dataDir)
+    expect(dead.map((r) => [r.device, r.seq, r.kind])).toEqual([["dev-reject", 2, "telemetry"]])
+    expect(dead[0]!.reason).toMatch(/^stage unit-conversion: converting big to big leaves the finite range/)
+    expect(JSON.parse(dead[0]!.envelope)).toMatchObject({ device: "dev-reject", seq: 2, body: { metrics: { big: 1e300 } } })
     const text = await (await fetch(`http://127.0.0.1:${g.adminPort}/metrics`)).text()
     expect(text).toContain('gateway_stage_errors_total{stage="unit-conversion",class="ValidationError"} 1')
   })
@@ -143,6 +148,7 @@ describe("user stages composed in code", () => {
     expect(answers[2]).toEqual({ type: "ack", seq: 3 })
     expect(answers[3]).toEqual({ type: "ack", seq: 4 })
     expect(stored(g, "dev-bug").map((r) => r.seq)).toEqual([1, 4])
+    expect(deadLetters(g.dataDir)).toEqual([]) // a bug is retried by the device, not dead-lettered
     // the gateway stays up and keeps serving
     d.send(telemetry(5))
     expect(await d.next()).toEqual({ type: "ack", seq: 5 })

@@ -30,3 +30,25 @@ export const rows = (dataDir: string, device?: string): Array<MessageRow> => {
     db.close()
   }
 }
+
+/** A row of `dead_letters`. */
+export interface DeadLetterRow {
+  readonly device: string
+  readonly epoch: number
+  readonly seq: number
+  readonly kind: string
+  readonly reason: string
+  readonly envelope: string
+}
+
+/** Every dead letter, in the order stored. */
+export const deadLetters = (dataDir: string): Array<DeadLetterRow> => {
+  const db = new DatabaseSync(Path.join(dataDir, "gateway.db"), { readOnly: true })
+  try {
+    return db.prepare("SELECT device, epoch, seq, kind, reason, envelope FROM dead_letters ORDER BY id").all() as unknown as Array<
+      DeadLetterRow
+    >
+  } finally {
+    db.close()
+  }
+}
