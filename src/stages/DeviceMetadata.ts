@@ -152,16 +152,19 @@ export class InfoCache {
   }
 }
 
-/** Adds `metadata` from the {@link DeviceDirectory} to every message. */
-export const deviceMetadata = (
+/**
+ * Adds `metadata` from the {@link DeviceDirectory} to every message. Generic in what it
+ * receives, so fields added by earlier stages stay in the type: `deviceMetadata<WithAlerts>()`.
+ */
+export const deviceMetadata = <A extends Envelope = Envelope>(
   options: Options = {}
-): Stage.Stage<Envelope, WithMetadata, TransientUpstreamError, DeviceDirectory> =>
+): Stage.Stage<A, WithMetadata<A>, TransientUpstreamError, DeviceDirectory> =>
   Stage.unwrap(
     Effect.gen(function*() {
       const directory = yield* DeviceDirectory
       const cache = new InfoCache(options.capacity ?? 100_000, options.ttlMs ?? 60_000)
       const reject = options.onLookupFailure === "reject"
-      return Stage.chunk("device-metadata", (chunk: ReadonlyArray<Envelope>) =>
+      return Stage.chunk("device-metadata", (chunk: ReadonlyArray<A>) =>
         Effect.gen(function*() {
           const now = yield* Clock.currentTimeMillis
           const known = new Map<string, DeviceInfo | null>()
@@ -189,7 +192,7 @@ export const deviceMetadata = (
               )
             }
           }
-          return chunk.map((e): Stage.Verdict<WithMetadata, TransientUpstreamError> => {
+          return chunk.map((e): Stage.Verdict<WithMetadata<A>, TransientUpstreamError> => {
             const info = known.get(e.device)
             if (info !== undefined) return { ...e, metadata: info }
             return reject && failure !== undefined ? Stage.reject(failure) : { ...e, metadata: null }

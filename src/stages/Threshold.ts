@@ -37,8 +37,11 @@ export interface Alert {
 /** An envelope the threshold stage has seen: `alerts` is present when a limit was crossed. */
 export type WithAlerts<E extends Envelope = Envelope> = E & { readonly alerts?: ReadonlyArray<Alert> }
 
-/** Adds `alerts` to telemetry that crosses one of `options.limits`. */
-export const threshold = (options: Options): Stage.Stage<Envelope, WithAlerts> => {
+/**
+ * Adds `alerts` to telemetry that crosses one of `options.limits`. Generic in what it receives,
+ * so fields added by earlier stages stay in the type: `threshold<WithMetadata>(…)`.
+ */
+export const threshold = <A extends Envelope = Envelope>(options: Options): Stage.Stage<A, WithAlerts<A>> => {
   // flat arrays: one pass per message, no iterator objects
   const metrics: Array<string> = []
   const limitsOf: Array<Array<Limit>> = []
@@ -49,7 +52,7 @@ export const threshold = (options: Options): Stage.Stage<Envelope, WithAlerts> =
       limitsOf.push([limit])
     } else limitsOf[at]!.push(limit)
   }
-  return Stage.map("threshold", (e: Envelope): WithAlerts => {
+  return Stage.map("threshold", (e: A): WithAlerts<A> => {
     if (e.kind !== "telemetry") return e
     const values = e.body.metrics
     let alerts: Array<Alert> | undefined

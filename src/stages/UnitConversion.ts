@@ -41,15 +41,18 @@ interface Rule {
   readonly offset: number
 }
 
-/** Converts the metrics named in `options.conversions`; the others are kept as they are. */
-export const unitConversion = (options: Options): Stage.Stage<Envelope, Envelope, ValidationError> => {
+/**
+ * Converts the metrics named in `options.conversions`; the others are kept as they are.
+ * Generic in what it receives (fields added by earlier stages stay in the type).
+ */
+export const unitConversion = <A extends Envelope = Envelope>(options: Options): Stage.Stage<A, A, ValidationError> => {
   const rules = new Map<string, Rule>()
   for (const c of options.conversions) {
     const linear = c.preset === undefined ? { scale: c.scale ?? 1, offset: c.offset ?? 0 } : PRESETS[c.preset]
     rules.set(c.from, { to: c.to ?? c.from, ...linear })
   }
   const froms = [...rules.keys()]
-  return Stage.map("unit-conversion", (e: Envelope) => {
+  return Stage.map("unit-conversion", (e: A): Stage.Verdict<A, ValidationError> => {
     if (e.kind !== "telemetry") return e
     const metrics = e.body.metrics
     let touched = false

@@ -51,6 +51,16 @@ describe("Stage types", () => {
     >()
   })
 
+  it("generic stages keep in the type what earlier stages added", () => {
+    const p = enrich.pipe(Stage.andThen(threshold<WithMetadata>({ limits: [] })))
+    expectTypeOf(p).toEqualTypeOf<
+      Stage.Stage<Envelope, WithAlerts<WithMetadata>, TransientUpstreamError, DeviceDirectory>
+    >()
+    Stage.andThen(p, bySite) // by-site reads metadata: still there
+    // @ts-expect-error — without the type argument threshold takes plain envelopes and forgets metadata
+    enrich.pipe(Stage.andThen(threshold({ limits: [] })), Stage.andThen(bySite))
+  })
+
   it("refuses errors outside the taxonomy", () => {
     // @ts-expect-error — a stage fails messages with taxonomy errors only (or maps its own into them)
     Stage.map("bad", (_: Envelope) => Stage.reject(new Error("not a taxonomy error")))
