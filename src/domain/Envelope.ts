@@ -38,7 +38,8 @@ const NORMALIZED_FIELDS = 9
 
 /**
  * The fields that stages added to an envelope (such as `alerts`), as a JSON object text, or
- * null when there are none. Sinks store them next to the normalized fields.
+ * null when there are none. Sinks store them next to the normalized fields. Throws when a
+ * field cannot be written as JSON (a BigInt, a cycle): the sink refuses that message alone.
  */
 export const annotationsOf = (e: Envelope): string | null => {
   if (Object.keys(e).length <= NORMALIZED_FIELDS) return null
@@ -50,7 +51,9 @@ export const annotationsOf = (e: Envelope): string | null => {
       any = true
     }
   }
-  return any ? JSON.stringify(extra) : null
+  if (!any) return null
+  const json = JSON.stringify(extra)
+  return json === "{}" ? null : json // fields set to undefined are no annotation
 }
 
 const NORMALIZED: ReadonlySet<string> = new Set([

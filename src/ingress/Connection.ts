@@ -156,6 +156,11 @@ export class Connection implements Replier, Replaceable {
     this.waiter?.()
   }
 
+  /** The state, read afresh (it changes under calls the compiler cannot follow). */
+  private isClosed(): boolean {
+    return this.state === "closed"
+  }
+
   private hasRoom(): boolean {
     return this.answers.inflight < this.env.config.maxInflight && this.socket.writableLength < MAX_OUTPUT_BYTES
   }
@@ -260,7 +265,7 @@ export class Connection implements Replier, Replaceable {
       const tally = new Tally()
       for (let j = 0; j < stops.length; j++) {
         const raw = raws[stoppedAt[j]!]!
-        const answer = answerOf(raw.seq, stops[j]!)
+        const answer = answerOf(raw.seq, stops[j]!, raw.kind)
         this.answers.resolve(tickets[stoppedAt[j]!]!, answer.frame)
         tally.add(raw.kind, answer.outcome)
         tally.addError(stops[j]!)
@@ -336,7 +341,10 @@ export class Connection implements Replier, Replaceable {
     yield* Effect.annotateCurrentSpan({ "device.id": this.device, "device.epoch": this.epoch })
     const early = this.early
     this.early = []
-    for (const text of early) this.handle(text)
+    for (const text of early) {
+      if (this.isClosed()) break // a fatal frame ends the session: what follows is not read
+      this.handle(text)
+    }
     this.ingest()
   })
 
@@ -419,6 +427,8 @@ export class Connection implements Replier, Replaceable {
 
   private fatal(code: ErrorCode, message: string, result: Metrics.ConnectionResult): undefined {
     if (this.state === "closed") return undefined
+    this.ingest() // frames read before the fatal one are answered (those already decided) before the error
+    this.flush()
     if (result === "protocol_error") Metrics.record(Metrics.errors("ProtocolError"), 1)
     this.result = result
     this.out += errorFrame(code, message)

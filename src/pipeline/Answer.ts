@@ -18,8 +18,8 @@ export interface Answer {
   readonly outcome: Metrics.MessageOutcome
 }
 
-/** The answer to message `seq` that stopped with `stop`. */
-export const answerOf = (seq: number, stop: Settled | Rejected<StageError | StageDefect>): Answer => {
+/** The answer to message `seq` (of `kind`) that stopped with `stop`. */
+export const answerOf = (seq: number, stop: Settled | Rejected<StageError | StageDefect>, kind: Kind): Answer => {
   if (!(stop instanceof Rejected)) {
     return stop.as === "duplicate"
       ? { frame: ackFrame(seq, true), outcome: "duplicate" }
@@ -32,9 +32,19 @@ export const answerOf = (seq: number, stop: Settled | Rejected<StageError | Stag
     case "AuthError":
       return { frame: nackFrame(seq, "forbidden", e.message), outcome: "forbidden" }
     case "OverloadError":
-      return e.reason === "rate_limited"
-        ? { frame: nackFrame(seq, "rate_limited", "rate limited", e.retryAfterMs), outcome: "rate_limited" }
-        : { frame: nackFrame(seq, "shed", "shed under overload", e.retryAfterMs), outcome: "shed" }
+      // events are never shed (PROTOCOL.md): an event a stage sheds is nacked unavailable (retry)
+      if (e.reason === "shed" && kind === "telemetry") {
+        return { frame: nackFrame(seq, "shed", "shed under overload", e.retryAfterMs), outcome: "shed" }
+      }
+      return e.reason === "shed"
+        ? {
+          frame: nackFrame(seq, "unavailable", "overloaded: resend later", e.retryAfterMs ?? UNAVAILABLE_RETRY_AFTER_MS),
+          outcome: "unavailable"
+        }
+        : {
+          frame: nackFrame(seq, "rate_limited", "rate limited", e.retryAfterMs ?? UNAVAILABLE_RETRY_AFTER_MS),
+          outcome: "rate_limited"
+        }
     case "TransientUpstreamError":
       return {
         frame: nackFrame(seq, "unavailable", `${e.sink} unavailable: ${e.message}`, UNAVAILABLE_RETRY_AFTER_MS),

@@ -6,13 +6,15 @@
  * or the store rejected it. It marks commits in the dedup windows. On shutdown it keeps
  * committing until the lanes are empty or the drain deadline passes.
  */
-import { Effect, Exit, Fiber, Layer, Semaphore, type Tracer } from "effect"
+import { Cause, Effect, Exit, Fiber, Layer, Semaphore, type Tracer } from "effect"
 import { GatewayConfig } from "../config/GatewayConfig.ts"
 import { Lifecycle } from "../Lifecycle.ts"
 import * as Metrics from "../observability/Metrics.ts"
 import { MessageTracer } from "../observability/Tracing.ts"
 import { type DeadLetter, Sink } from "../sinks/Sink.ts"
-import { answerOf, Tally } from "./Answer.ts"
+import type { Envelope } from "../domain/Envelope.ts"
+import { nackFrame } from "../domain/Frames.ts"
+import { answerOf, Tally, UNAVAILABLE_RETRY_AFTER_MS } from "./Answer.ts"
 import { commit, COMMIT } from "./Commit.ts"
 import { Dedup } from "./Dedup.ts"
 import { type InFlight, Lanes, type Replier } from "./Lanes.ts"
@@ -33,22 +35,23 @@ export const layer = Layer.effectDiscard(Effect.gen(function*() {
   const tracer = yield* MessageTracer
   const stages = yield* Pipeline
   const sink = yield* Sink
-  const pipeline = yield* Stage.build(Stage.andThen(stages, commit), { spans: tracer.enabled })
-  if (pipeline.names.indexOf(COMMIT) !== pipeline.names.length - 1) {
-    return yield* Effect.die(new Error(`a user stage is named "${COMMIT}": the name is reserved for the commit stage`))
+  const user = yield* Stage.build(stages, { spans: tracer.enabled })
+  const taken = user.names.filter((name) => RESERVED.has(name))
+  if (taken.length > 0) {
+    return yield* Effect.die(new Error(`user stages may not be named ${taken.join(", ")}: the gateway's own stages are`))
   }
+  const committer = yield* Stage.build(commit, { spans: tracer.enabled })
 
-  const answer = (batch: ReadonlyArray<InFlight>, outcome: Stage.Outcome<never, Stage.StageError>) => {
+  const answer = (batch: ReadonlyArray<InFlight>, ends: Ends) => {
     const now = performance.now()
     const dirty = new Set<Replier>()
     const tally = new Tally()
     dedup.beginBatch()
-    const { stops, stoppedAt } = outcome
-    for (let j = 0; j < stops.length; j++) {
-      const item = batch[stoppedAt[j]!]!
+    for (let j = 0; j < ends.stops.length; j++) {
+      const item = batch[ends.at[j]!]!
       const e = item.envelope
-      const stop = stops[j]!
-      const { frame, outcome } = answerOf(e.seq, stop)
+      const stop = ends.stops[j]!
+      const { frame, outcome } = answerOf(e.seq, stop, e.kind)
       if (outcome === "committed" || outcome === "duplicate") {
         dedup.markCommitted(e.device, e.epoch, e.seq)
         Metrics.record(Metrics.commitLatencyMs, now - item.arrivedAt)
@@ -64,9 +67,21 @@ export const layer = Layer.effectDiscard(Effect.gen(function*() {
     Metrics.record(Metrics.dedupDevices, dedup.deviceCount)
   }
 
+  /** The last resort when a batch could not be answered normally: every message nacked unavailable. */
+  const answerUnavailable = (batch: ReadonlyArray<InFlight>, why: string) => {
+    const dirty = new Set<Replier>()
+    for (const item of batch) {
+      item.replier.resolve(item.ticket, nackFrame(item.envelope.seq, "unavailable", why, UNAVAILABLE_RETRY_AFTER_MS))
+      dirty.add(item.replier)
+      item.span?.end(process.hrtime.bigint(), SUCCESS)
+      Metrics.record(Metrics.messages(item.envelope.kind, "unavailable"), 1)
+    }
+    for (const r of dirty) r.flush()
+  }
+
   /** Stores what a stage refused for good before those messages are nacked (best effort). */
-  const keepDeadLetters = (batch: ReadonlyArray<InFlight>, outcome: Stage.Outcome<never, Stage.StageError>) => {
-    const letters = deadLettersOf(batch, outcome)
+  const keepDeadLetters = (batch: ReadonlyArray<InFlight>, ends: Ends) => {
+    const letters = deadLettersOf(batch, ends)
     if (letters.length === 0) return Effect.void
     return sink.deadLetter(letters).pipe(
       Effect.tapError((e) =>
@@ -76,9 +91,55 @@ export const layer = Layer.effectDiscard(Effect.gen(function*() {
     )
   }
 
+  /** Your stages, the key guard, then commit: where every message of the batch ended. */
+  const runStages = (batch: ReadonlyArray<InFlight>) =>
+    Effect.gen(function*() {
+      const first = yield* user.run(batch.map((i) => i.envelope))
+      const ends: Ends = { stops: [...first.stops], at: [...first.stoppedAt], by: [...first.stoppedBy] }
+      const toCommit: Array<Envelope> = []
+      const commitAt: Array<number> = []
+      for (let i = 0; i < first.passed.length; i++) {
+        const at = first.passedAt === undefined ? i : first.passedAt[i]!
+        const e = first.passed[i]!
+        if (sameKey(e, batch[at]!.envelope)) {
+          toCommit.push(e)
+          commitAt.push(at)
+        } else {
+          ends.stops.push(new Stage.Rejected(new Stage.StageDefect({ stage: "pipeline", message: KEY_CHANGED, cause: undefined })))
+          ends.at.push(at)
+          ends.by.push("pipeline")
+        }
+      }
+      if (toCommit.length > 0) {
+        const second = yield* committer.run(toCommit)
+        for (let j = 0; j < second.stops.length; j++) {
+          ends.stops.push(second.stops[j]!)
+          ends.at.push(commitAt[second.stoppedAt[j]!]!)
+          ends.by.push(second.stoppedBy[j]!)
+        }
+      }
+      return ends
+    })
+
   const runBatch = (batch: ReadonlyArray<InFlight>) => {
-    const run = Effect.flatMap(pipeline.run(batch.map((i) => i.envelope)), (outcome) =>
-      Effect.as(keepDeadLetters(batch, outcome), outcome)).pipe(Effect.map((outcome) => answer(batch, outcome)))
+    let answered = false
+    const run = Effect.gen(function*() {
+      const ends = yield* runStages(batch)
+      yield* logDefects(ends)
+      yield* keepDeadLetters(batch, ends)
+      answer(batch, ends)
+      answered = true
+    }).pipe(
+      // whatever went wrong, no message of the batch is left without an answer
+      Effect.onExit((exit) =>
+        answered ? Effect.void : Effect.andThen(
+          Effect.sync(() => answerUnavailable(batch, "gateway could not process the message")),
+          Effect.logError("batch failed without answers; nacked unavailable").pipe(
+            Effect.annotateLogs({ size: batch.length, cause: Exit.isFailure(exit) ? Cause.pretty(exit.cause) : "" })
+          )
+        )
+      )
+    )
     if (!tracer.enabled) return run
     const links: Array<Tracer.SpanLink> = []
     for (const item of batch) if (item.span !== undefined) links.push({ span: item.span, attributes: {} })
@@ -122,19 +183,55 @@ export const layer = Layer.effectDiscard(Effect.gen(function*() {
   )
 }))
 
+/** Where the messages of a batch ended: `stops[j]` for `batch[at[j]]`, decided by stage `by[j]`. */
+interface Ends {
+  readonly stops: Array<Stage.Settled | Stage.Rejected<Stage.StageError | Stage.StageDefect>>
+  readonly at: Array<number>
+  readonly by: Array<string>
+}
+
+/** The gateway's own stage names. */
+const RESERVED: ReadonlySet<string> = new Set(["validate", "dedup", COMMIT, "pipeline"])
+
+const KEY_CHANGED = "a stage changed the message key (device, epoch, seq or kind): it was not stored"
+
+/** True when a stage left the key (and kind) of the envelope as it entered. */
+const sameKey = (e: Envelope, original: Envelope) =>
+  e.seq === original.seq && e.device === original.device && e.epoch === original.epoch && e.kind === original.kind
+
 /**
  * The messages a stage before `commit` refused for good (invalid, or refused like a store
  * would), as they entered the pipeline. The store dead-letters its own refusals itself.
  */
-const deadLettersOf = (batch: ReadonlyArray<InFlight>, outcome: Stage.Outcome<never, Stage.StageError>) => {
+const deadLettersOf = (batch: ReadonlyArray<InFlight>, ends: Ends) => {
   const letters: Array<DeadLetter> = []
-  const { stops, stoppedAt, stoppedBy } = outcome
-  for (let j = 0; j < stops.length; j++) {
-    const stop = stops[j]!
-    if (!(stop instanceof Stage.Rejected) || stoppedBy[j] === COMMIT) continue
+  for (let j = 0; j < ends.stops.length; j++) {
+    const stop = ends.stops[j]!
+    if (!(stop instanceof Stage.Rejected) || ends.by[j] === COMMIT) continue
     const tag = stop.error._tag
     if (tag !== "ValidationError" && tag !== "PermanentPersistenceError") continue
-    letters.push({ envelope: batch[stoppedAt[j]!]!.envelope, reason: `stage ${stoppedBy[j]}: ${stop.error.message}` })
+    letters.push({ envelope: batch[ends.at[j]!]!.envelope, reason: `stage ${ends.by[j]}: ${stop.error.message}` })
   }
   return letters
 }
+
+/** Logs each stage's bugs once per batch: how many messages, the first message and cause. */
+const logDefects = (ends: Ends) =>
+  Effect.suspend(() => {
+    const byStage = new Map<string, { count: number; first: Stage.StageDefect }>()
+    for (const stop of ends.stops) {
+      if (!(stop instanceof Stage.Rejected) || stop.error._tag !== "StageDefect") continue
+      const seen = byStage.get(stop.error.stage)
+      if (seen === undefined) byStage.set(stop.error.stage, { count: 1, first: stop.error })
+      else seen.count++
+    }
+    return Effect.forEach(byStage, ([stage, { count, first }]) =>
+      Effect.logError("stage failed on messages: nacked unavailable").pipe(
+        Effect.annotateLogs({
+          stage,
+          messages: count,
+          error: first.message,
+          cause: first.cause instanceof Error ? (first.cause.stack ?? first.cause.message) : String(first.cause)
+        })
+      ), { discard: true })
+  })

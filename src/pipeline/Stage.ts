@@ -121,7 +121,8 @@ export type Any = Stage<never, unknown, unknown, unknown>
 
 /** Primitive stages before they are built (one, or the stages an {@link unwrap} makes). */
 interface StepDef {
-  readonly selection: Selection | undefined
+  /** The selections it is restricted to (all must match), outermost last. */
+  readonly selections: ReadonlyArray<Selection>
   /** Builds the named chunk functions, resolving the stages' services once. */
   readonly build: Effect.Effect<ReadonlyArray<Named>, never, unknown>
 }
@@ -175,7 +176,7 @@ const fromSteps = <In, Out, E, R>(steps: ReadonlyArray<StepDef>): Stage<In, Out,
 
 const primitive = <In, Out, E, R>(name: string, build: Effect.Effect<ChunkFn, never, R>): Stage<In, Out, E, R> =>
   fromSteps([{
-    selection: undefined,
+    selections: [],
     build: Effect.map(build, (fn): ReadonlyArray<Named> => [{ name, fn, selections: [] }]) as Effect.Effect<ReadonlyArray<Named>, never, unknown>
   }])
 
@@ -248,12 +249,9 @@ export const mapEffect = <In, Out, E extends StageError = never, R = never>(
         Effect.forEach(
           items as ReadonlyArray<In>,
           (item) =>
-            Effect.flatMap(Effect.exit(f(item)), (exit): Effect.Effect<unknown> =>
-              Exit.isSuccess(exit)
-                ? Effect.succeed(exit.value)
-                : Cause.hasInterrupts(exit.cause)
-                ? Effect.failCause(exit.cause as Cause.Cause<never>)
-                : Effect.succeed(verdictOfCause(stage, exit.cause))),
+            // an interruption inside the stage (e.g. joining an interrupted fiber) is its defect;
+            // the gateway's own interruption of this fiber still stops it at its next step
+            Effect.map(Effect.exit(f(item)), (exit) => Exit.isSuccess(exit) ? exit.value : verdictOfCause(stage, exit.cause)),
           { concurrency: options?.concurrency ?? 1 }
         ).pipe(Effect.provideContext(context)),
       timeoutMs: timeoutOf(options)
@@ -271,16 +269,16 @@ const verdictOfCause = <E>(stage: string, cause: Cause.Cause<E>): Rejected<E | S
  */
 export const unwrap = <In, Out, E, R, R2>(make: Effect.Effect<Stage<In, Out, E, R>, never, R2>): Stage<In, Out, E, R | R2> =>
   fromSteps([{
-    selection: undefined,
+    selections: [],
     build: Effect.flatMap(make, (stage) => buildSteps(stage.steps)) as Effect.Effect<ReadonlyArray<Named>, never, unknown>
   }])
 
-/** Builds step definitions in order, each selection applying to what its definition built. */
+/** Builds step definitions in order, each definition's selections applying to what it built. */
 const buildSteps = (defs: ReadonlyArray<StepDef>) =>
   Effect.map(
     Effect.forEach(defs, (def) =>
       Effect.map(def.build, (built) =>
-        def.selection === undefined ? built : built.map((b) => ({ ...b, selections: [...b.selections, def.selection!] })))),
+        def.selections.length === 0 ? built : built.map((b) => ({ ...b, selections: [...b.selections, ...def.selections] })))),
     (lists) => lists.flat()
   )
 
@@ -297,12 +295,15 @@ export const andThen: {
 
 /**
  * Restricts a stage to some kinds and devices; the other messages pass it unchanged (so its
- * output type widens to `In | Out`).
+ * output type widens to `In | Out`). Restrictions combine: every one must match.
  */
 export const when: {
   (selection: Selection): <In extends Selectable, Out, E, R>(self: Stage<In, Out, E, R>) => Stage<In, In | Out, E, R>
   <In extends Selectable, Out, E, R>(self: Stage<In, Out, E, R>, selection: Selection): Stage<In, In | Out, E, R>
-} = Fn.dual(2, (self: Any, selection: Selection) => fromSteps(self.steps.map((s) => ({ ...s, selection }))))
+} = Fn.dual(
+  2,
+  (self: Any, selection: Selection) => fromSteps(self.steps.map((s) => ({ ...s, selections: [...s.selections, selection] })))
+)
 
 /** Provides the services a stage needs, from a context captured when its layer was built. */
 export const provideContext = <In, Out, E, R>(self: Stage<In, Out, E, R>, context: Context.Context<R>): Stage<In, Out, E> =>
@@ -434,39 +435,53 @@ const applyAsync = (step: BuiltStep, values: ReadonlyArray<unknown>): Effect.Eff
 
 /**
  * Runs one chunk: a typed failure (or the stage's timeout) rejects every message of it; a
- * defect (or a wrong number of verdicts) is retried on each half of the chunk, down to single
- * messages, so that only the messages causing it are rejected (about 2·log2(n) extra runs for
- * one bad message in n).
+ * defect, an interruption inside the stage, or a wrong number of verdicts is retried on each
+ * half of the chunk, down to single messages, so that only the messages causing it are rejected
+ * (about 2·log2(n) extra runs for one bad message in n). The retries share the first run's
+ * deadline: a chunk never takes much longer than the stage's timeout.
  */
 const runIsolated = (step: BuiltStep, values: ReadonlyArray<unknown>): Effect.Effect<ReadonlyArray<unknown>> =>
-  Effect.exit(timed(step, values)).pipe(
+  Effect.suspend(() => {
+    const ms = step.fn.timeoutMs
+    return isolate(step, values, ms === undefined ? undefined : performance.now() + ms)
+  })
+
+const isolate = (
+  step: BuiltStep,
+  values: ReadonlyArray<unknown>,
+  deadline: number | undefined
+): Effect.Effect<ReadonlyArray<unknown>> =>
+  Effect.exit(timed(step, values, deadline)).pipe(
     Effect.flatMap((exit): Effect.Effect<ReadonlyArray<unknown>> => {
       if (Exit.isSuccess(exit)) return Effect.succeed(exit.value)
-      if (Cause.hasInterrupts(exit.cause)) return Effect.failCause(exit.cause as Cause.Cause<never>)
       const failure = Cause.findErrorOption(exit.cause)
       if (failure._tag === "Some") return Effect.succeed(values.map(() => new Rejected(failure.value)))
       if (values.length === 1) return Effect.succeed([defect(step.name, Cause.squash(exit.cause))])
       const half = Math.ceil(values.length / 2)
       return Effect.zipWith(
-        runIsolated(step, values.slice(0, half)),
-        runIsolated(step, values.slice(half)),
+        isolate(step, values.slice(0, half), deadline),
+        isolate(step, values.slice(half), deadline),
         (a, b) => a.concat(b)
       )
     })
   )
 
-/** One run of a chunk, within the stage's timeout, checked to give one verdict per message. */
-const timed = (step: BuiltStep, values: ReadonlyArray<unknown>): Effect.Effect<ReadonlyArray<unknown>, unknown> => {
+/** One run of a chunk, before the deadline, checked to give one verdict per message. */
+const timed = (
+  step: BuiltStep,
+  values: ReadonlyArray<unknown>,
+  deadline: number | undefined
+): Effect.Effect<ReadonlyArray<unknown>, unknown> => {
   const run = Effect.flatMap(Effect.suspend(() => step.fn.run(values, step.name)), (results) =>
     results.length === values.length
       ? Effect.succeed(results)
       : Effect.die(new Error(`stage ${step.name} returned ${results.length} verdicts for ${values.length} messages`)))
-  const ms = step.fn.timeoutMs
-  if (ms === undefined) return run
-  return Effect.flatMap(Effect.timeoutOption(run, ms), (result) =>
-    result._tag === "Some"
-      ? Effect.succeed(result.value)
-      : Effect.fail(new TransientUpstreamError({ sink: `stage ${step.name}`, message: `timed out after ${ms} ms` })))
+  if (deadline === undefined) return run
+  const timedOut = new TransientUpstreamError({ sink: `stage ${step.name}`, message: `timed out after ${step.fn.timeoutMs} ms` })
+  const left = deadline - performance.now()
+  if (left <= 0) return Effect.fail(timedOut)
+  return Effect.flatMap(Effect.timeoutOption(run, left), (result) =>
+    result._tag === "Some" ? Effect.succeed(result.value) : Effect.fail(timedOut))
 }
 
 interface Picked {

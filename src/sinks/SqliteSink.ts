@@ -17,7 +17,7 @@ import { DatabaseSync } from "node:sqlite"
 import { Worker } from "node:worker_threads"
 import type { Envelope } from "../domain/Envelope.ts"
 import { PermanentPersistenceError, TransientUpstreamError } from "../domain/Errors.ts"
-import { type DeadLetter, Sink, type WriteResult } from "./Sink.ts"
+import { type DeadLetter, Outcome, Sink, type WriteResult } from "./Sink.ts"
 import { describe, openDatabase, packEnvelopes } from "./SqliteStore.ts"
 import type { DeadLetterRequest, WriteReply, WriteRequest } from "./SqliteWriter.ts"
 
@@ -99,8 +99,16 @@ export const make = Effect.fn("SqliteSink.make")(function*(options: SqliteSinkOp
       writer.postMessage(message)
     })
 
-  const write = (batch: ReadonlyArray<Envelope>) =>
-    request((id) => ({ id, rows: packEnvelopes(batch), count: batch.length }))
+  const write = (batch: ReadonlyArray<Envelope>): Effect.Effect<WriteResult, TransientUpstreamError | PermanentPersistenceError> =>
+    Effect.suspend(() => {
+      const packed = packEnvelopes(batch)
+      if (packed.refused.size === 0) return request((id) => ({ id, rows: packed.text, count: packed.count }))
+      if (packed.count === 0) return Effect.succeed(withRefused(batch.length, packed.refused, EMPTY))
+      return Effect.map(
+        request((id) => ({ id, rows: packed.text, count: packed.count })),
+        (result) => withRefused(batch.length, packed.refused, result)
+      )
+    })
 
   const deadLetter = (records: ReadonlyArray<DeadLetter>) =>
     request((id) => ({
@@ -130,6 +138,28 @@ export const make = Effect.fn("SqliteSink.make")(function*(options: SqliteSinkOp
     isHealthy: Effect.sync(() => healthy)
   })
 })
+
+const EMPTY: WriteResult = { outcomes: new Uint8Array(0), rejections: new Map() }
+
+/** The result for the whole batch: the writer's outcomes for the rows sent, Rejected for the rest. */
+const withRefused = (size: number, refused: ReadonlyMap<number, string>, sent: WriteResult): WriteResult => {
+  const outcomes = new Uint8Array(size)
+  const rejections = new Map<number, string>()
+  let k = 0
+  for (let i = 0; i < size; i++) {
+    const reason = refused.get(i)
+    if (reason !== undefined) {
+      outcomes[i] = Outcome.Rejected
+      rejections.set(i, reason)
+      continue
+    }
+    outcomes[i] = sent.outcomes[k]!
+    const rejected = sent.rejections.get(k)
+    if (rejected !== undefined) rejections.set(i, rejected)
+    k++
+  }
+  return { outcomes, rejections }
+}
 
 /** Final checkpoint so the WAL is folded into the database file, then close. */
 const closeAndCheckpoint = (db: DatabaseSync, path: string) => {

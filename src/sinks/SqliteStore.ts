@@ -45,16 +45,37 @@ export type Row = readonly [
 const FIELD = "\u0001"
 const END = "\u0002"
 
-/** Packs envelopes into the one string sent to the writer thread (body and annotations as JSON text). */
-export const packEnvelopes = (batch: ReadonlyArray<Envelope>): string => {
-  let out = ""
-  for (const e of batch) {
-    out += e.device + FIELD + e.epoch + FIELD + e.seq + FIELD + e.kind + FIELD + e.deviceTs + FIELD + e.receivedAt +
-      FIELD + e.gateway + FIELD + (e.traceparent ?? "") + FIELD + JSON.stringify(e.body) + FIELD +
-      (annotationsOf(e) ?? "") + END
-  }
-  return out
+/** A batch packed for the writer thread, without the envelopes that cannot be stored. */
+export interface Packed {
+  /** The rows, as one string. */
+  readonly text: string
+  /** Rows in `text`. */
+  readonly count: number
+  /** Batch positions left out, and why (a stage added a value JSON cannot hold). */
+  readonly refused: ReadonlyMap<number, string>
 }
+
+/** Packs envelopes into the one string sent to the writer thread (body and annotations as JSON text). */
+export const packEnvelopes = (batch: ReadonlyArray<Envelope>): Packed => {
+  let text = ""
+  let refused: Map<number, string> | undefined
+  for (let i = 0; i < batch.length; i++) {
+    const e = batch[i]!
+    let row: string
+    try {
+      row = e.device + FIELD + e.epoch + FIELD + e.seq + FIELD + e.kind + FIELD + e.deviceTs + FIELD + e.receivedAt +
+        FIELD + e.gateway + FIELD + (e.traceparent ?? "") + FIELD + JSON.stringify(e.body) + FIELD +
+        (annotationsOf(e) ?? "") + END
+    } catch (error) {
+      ;(refused ??= new Map()).set(i, `cannot be stored as JSON: ${describe(error)}`)
+      continue
+    }
+    text += row
+  }
+  return { text, count: batch.length - (refused?.size ?? 0), refused: refused ?? NONE_REFUSED }
+}
+
+const NONE_REFUSED: ReadonlyMap<number, string> = new Map()
 
 /** Unpacks what {@link packEnvelopes} packed. */
 export const unpackRows = (packed: string, expected: number): Array<Row> => {

@@ -70,6 +70,9 @@ export const threshold = <A extends Envelope = Envelope>(options: Options): Stag
         }
       }
     }
-    return alerts === undefined ? e : { ...e, alerts }
+    if (alerts === undefined) return e
+    // a threshold stage earlier in the pipeline may have found crossings already: keep them
+    const earlier = (e as WithAlerts<A>).alerts
+    return { ...e, alerts: Array.isArray(earlier) ? [...earlier, ...alerts] : alerts }
   })
 }

@@ -67,6 +67,34 @@ describe("framing", () => {
     }
   })
 
+  it("answers the frames read before a fatal one first, then the error (same socket read)", async () => {
+    const g = await gateway()
+    const { d } = await open(g, "dev-fatal-mid")
+    d.socket.write(
+      JSON.stringify(telemetry(1, { t: 1 }, { ts: "nope" })) + "\n" + JSON.stringify(telemetry(2)) + "\n{oops\n" +
+        JSON.stringify(telemetry(3)) + "\n"
+    )
+    // seq 1's nack is immediate, so it leaves before the error; seq 2 (valid) is committed but
+    // its ack would come after the close; seq 3 is never read
+    expect(await d.next()).toMatchObject({ type: "nack", seq: 1, code: "invalid" })
+    expect(await d.next()).toMatchObject({ type: "error", code: "protocol" })
+    await d.closed
+    await new Promise((resolve) => setTimeout(resolve, 100))
+    expect(rows(g.dataDir, "dev-fatal-mid").map((r) => r.seq)).toEqual([2])
+  })
+
+  it("reads nothing after a fatal frame sent with hello", async () => {
+    const g = await gateway()
+    const d = await connect(g)
+    d.send({ type: "hello", v: 1, device: "dev-early-fatal", token: "t" }, telemetry(1), "{bad\n", telemetry(2))
+    const welcome = await d.next()
+    expect(welcome.type).toBe("welcome")
+    expect(await d.next()).toMatchObject({ type: "error", code: "protocol" })
+    await d.closed
+    await new Promise((resolve) => setTimeout(resolve, 100))
+    expect(rows(g.dataDir, "dev-early-fatal").map((r) => r.seq)).toEqual([1])
+  })
+
   it("may answer several frames in one write and keeps the process up after bad input", async () => {
     const g = await gateway()
     const { d } = await open(g, "dev-many")

@@ -4,7 +4,7 @@
  * every stage gets. Real stages and the real runner; no gateway needed.
  */
 import { describe, expect, it } from "@effect/vitest"
-import { Effect, Metric, Schema } from "effect"
+import { Effect, Fiber, Metric, Schema } from "effect"
 import type { Envelope } from "../../src/domain/Envelope.ts"
 import { TransientUpstreamError, ValidationError } from "../../src/domain/Errors.ts"
 import * as Metrics from "../../src/observability/Metrics.ts"
@@ -150,6 +150,32 @@ describe("Stage", () => {
       // every message is passed on, in input order; the unselected ones unchanged
       expect(outcome.passed.map((e) => "marked" in e)).toEqual([true, false, true, false, false])
       expect(outcome.passed[1]).toBe(inputs[1])
+    }))
+
+  it.effect("when: restrictions applied one after the other combine (all must match)", () =>
+    Effect.gen(function*() {
+      const stage = Stage.map("t-when2", (e: Envelope) => ({ ...e, marked: true })).pipe(
+        Stage.when({ kinds: ["telemetry"] }),
+        Stage.when({ devices: ["a*"] })
+      )
+      const inputs = [envelope(1, "a1"), envelope(2, "a1", "event"), envelope(3, "b1")]
+      const outcome = yield* Effect.flatMap(Stage.build(stage), (r) => r.run(inputs))
+      expect(outcome.passed.map((e) => "marked" in e)).toEqual([true, false, false])
+    }))
+
+  it.effect("chunk: an interruption inside the stage is that message's defect, not the batch's silence", () =>
+    Effect.gen(function*() {
+      const stage = Stage.chunk("t-joins", (chunk: ReadonlyArray<Envelope>) =>
+        Effect.gen(function*() {
+          if (chunk.some((e) => e.seq === 2)) {
+            const helper = yield* Effect.forkChild(Effect.never)
+            yield* Fiber.interrupt(helper)
+            yield* Fiber.join(helper) // fails with the helper's interruption
+          }
+          return chunk
+        }))
+      const outcome = yield* Effect.flatMap(Stage.build(stage), (r) => r.run([1, 2, 3].map((s) => envelope(s))))
+      expect(fates(3, outcome)).toEqual(["passed", "t-joins:rejected:StageDefect", "passed"])
     }))
 
   it("runSync runs synchronous pipelines and refuses asynchronous ones", () => {

@@ -5,7 +5,7 @@
  * service (a real HTTP inventory), and the per-stage metrics.
  */
 import { afterEach, describe, expect, it } from "@effect/vitest"
-import { Layer } from "effect"
+import { Effect, Fiber, Layer } from "effect"
 import * as Fs from "node:fs"
 import * as Http from "node:http"
 import type { AddressInfo } from "node:net"
@@ -152,6 +152,47 @@ describe("user stages composed in code", () => {
     // the gateway stays up and keeps serving
     d.send(telemetry(5))
     expect(await d.next()).toEqual({ type: "ack", seq: 5 })
+  })
+
+  it("a stage that changes the key, or adds a value JSON cannot hold, costs only that message", async () => {
+    const rogue = Stage.map("rogue", (e: Envelope) =>
+      e.seq === 2 ? { ...e, seq: 99 } : e.seq === 3 ? { ...e, counter: 10n } : e.seq === 4 ? { ...e, note: undefined } : e)
+    const g = await startGateway({}, undefined, Pipeline.layer(rogue))
+    running.push(g)
+    const d = await open(g, "dev-rogue")
+    d.send(telemetry(1), telemetry(2), telemetry(3), telemetry(4))
+    const answers = await d.take(4)
+    expect(answers[0]).toEqual({ type: "ack", seq: 1 })
+    expect(answers[1]).toMatchObject({ type: "nack", seq: 2, code: "unavailable", retry: true })
+    expect(String(answers[1]!["message"])).toContain("changed the message key")
+    expect(answers[2]).toMatchObject({ type: "nack", seq: 3, code: "invalid" })
+    expect(String(answers[2]!["message"])).toContain("BigInt")
+    expect(answers[3]).toEqual({ type: "ack", seq: 4 })
+    expect(stored(g, "dev-rogue")).toEqual([
+      { seq: 1, body: { metrics: { t: 1 } }, annotations: null },
+      { seq: 4, body: { metrics: { t: 4 } }, annotations: null } // a field set to undefined is no annotation
+    ])
+  })
+
+  it("an interruption inside a stage nacks its message; the connection's later messages are answered", async () => {
+    const joins = Stage.chunk("joins", (chunk: ReadonlyArray<Envelope>) =>
+      Effect.gen(function*() {
+        if (chunk.some((e) => e.seq === 2)) {
+          const helper = yield* Effect.forkChild(Effect.never)
+          yield* Fiber.interrupt(helper)
+          yield* Fiber.join(helper)
+        }
+        return chunk
+      }))
+    const g = await startGateway({}, undefined, Pipeline.layer(joins))
+    running.push(g)
+    const d = await open(g, "dev-joins")
+    d.send(telemetry(1))
+    expect(await d.next()).toEqual({ type: "ack", seq: 1 })
+    d.send(telemetry(2))
+    expect(await d.next()).toMatchObject({ type: "nack", seq: 2, code: "unavailable", retry: true })
+    d.send(telemetry(3))
+    expect(await d.next()).toEqual({ type: "ack", seq: 3 })
   })
 
   it("a stage with a service: metadata from a real HTTP inventory, cached, stored with the message", async () => {

@@ -199,3 +199,17 @@ describe("threshold Options", () => {
     for (const input of bad) expect(decode(input)._tag, JSON.stringify(input)).toBe("Failure")
   })
 })
+
+describe("threshold stages in a row", () => {
+  it("a second threshold stage adds its alerts to the first's", () => {
+    const first = threshold({ limits: [{ metric: "a", above: 1 }] })
+    const second = threshold({ limits: [{ metric: "b", below: 0, severity: "critical" }] })
+    const runner = Effect.runSync(Stage.build(first.pipe(Stage.andThen(second))))
+    const out = runner.runSync([telemetry({ a: 5, b: -1 }), telemetry({ a: 0, b: -1 }, 2)]).passed
+    expect(out[0]!.alerts).toEqual([
+      { metric: "a", value: 5, limit: 1, crossed: "above", severity: "warning" },
+      { metric: "b", value: -1, limit: 0, crossed: "below", severity: "critical" }
+    ])
+    expect(out[1]!.alerts).toEqual([{ metric: "b", value: -1, limit: 0, crossed: "below", severity: "critical" }])
+  })
+})
