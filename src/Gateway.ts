@@ -39,18 +39,20 @@ const announce = Layer.effectDiscard(Effect.gen(function*() {
  * stages of GATEWAY_STAGES_FILE). A pipeline layer that still needs a service nobody provided
  * is refused by the compiler here.
  */
-export const layer = (
+export const layer = <E = never>(
   config: Layer.Layer<GatewayConfig, Config.ConfigError> = GatewayConfig.layer,
   tracing: Layer.Layer<Tracing.MessageTracer> = Tracing.layerFromEnv("iot-gateway"),
-  pipeline: Layer.Layer<Pipeline, StagesFileError, GatewayConfig> = Catalog.layer
-) =>
-  announce.pipe(
+  pipeline?: Layer.Layer<Pipeline, E, GatewayConfig>
+) => {
+  const stages: Layer.Layer<Pipeline, E | StagesFileError, GatewayConfig> = pipeline ?? Catalog.layer
+  return announce.pipe(
     Layer.provideMerge(Listener.layer),
     Layer.provideMerge(Admin.layer),
     Layer.provideMerge(Persistence.layer),
     Layer.provideMerge(
-      Layer.mergeAll(Lanes.layer, Dedup.layer, SessionRegistry.layer, DeviceAuth.layer, tracing, pipeline)
+      Layer.mergeAll(Lanes.layer, Dedup.layer, SessionRegistry.layer, DeviceAuth.layer, tracing, stages)
     ),
     Layer.provideMerge(Layer.merge(sink, Lifecycle.layer)),
     Layer.provideMerge(config)
   )
+}

@@ -35,7 +35,8 @@ export class StagesFileError extends Data.TaggedError("StagesFileError")<{
   readonly message: string
 }> {}
 
-const decode = Schema.decodeUnknownResult(StagesFile)
+// an unknown key is a typo to report, not to ignore
+const decode = Schema.decodeUnknownResult(StagesFile, { onExcessProperty: "error" })
 
 /** Reads and validates the stages file. */
 export const read = (path: string): Effect.Effect<ReadonlyArray<StageSpec>, StagesFileError> =>

@@ -25,17 +25,20 @@ const entry = <O>(options: Schema.Codec<O>, make: (options: O) => UserStages): E
 })
 
 const decodeOptions = <O>(schema: Schema.Codec<O>, input: unknown): Effect.Effect<O, StagesFileError> => {
-  const decoded = Schema.decodeUnknownResult(schema)(input ?? {})
+  // an unknown option is a typo to report, not to ignore
+  const decoded = Schema.decodeUnknownResult(schema, { onExcessProperty: "error" })(input ?? {})
   return decoded._tag === "Success"
     ? Effect.succeed(decoded.success)
     : Effect.fail(new StagesFileError({ message: oneLine(decoded.failure.message) }))
 }
 
+const isHttpUrl = (s: string) => URL.canParse(s) && /^https?:$/.test(new URL(s).protocol)
+
 /** Options of `device-metadata` in the file: the stage's options plus where the inventory is. */
 const DeviceMetadataOptions = Schema.Struct({
   ...DeviceMetadata.Options.fields,
   /** An inventory HTTP API (see {@link DeviceMetadata.DeviceDirectory.http}). */
-  url: Schema.optionalKey(Schema.String),
+  url: Schema.optionalKey(Schema.String.check(Schema.makeFilter(isHttpUrl, { message: "expected an http:// or https:// URL" }))),
   /** Or a JSON file of device records. */
   file: Schema.optionalKey(Schema.String),
   timeoutMs: Schema.optionalKey(Schema.Int.check(Schema.isGreaterThan(0)))
@@ -49,6 +52,9 @@ export const catalog: Readonly<Record<string, Entry>> = {
     make: (input) =>
       Effect.gen(function*() {
         const o = yield* decodeOptions(DeviceMetadataOptions, input)
+        if (o.url !== undefined && o.file !== undefined) {
+          return yield* new StagesFileError({ message: "give `url` or `file`, not both" })
+        }
         const directory = o.url !== undefined
           ? DeviceMetadata.DeviceDirectory.http({ url: o.url, ...(o.timeoutMs === undefined ? {} : { timeoutMs: o.timeoutMs }) })
           : o.file !== undefined
@@ -69,7 +75,7 @@ export const fromSpecs = (specs: ReadonlyArray<StageSpec>): Effect.Effect<UserSt
     let pipeline: UserStages = Stage.identity<Envelope>()
     for (const [i, spec] of specs.entries()) {
       const where = `stages[${i}] (${spec.stage})`
-      const entry = catalog[spec.stage]
+      const entry = Object.hasOwn(catalog, spec.stage) ? catalog[spec.stage] : undefined
       if (entry === undefined) {
         return yield* new StagesFileError({
           message: `${where}: unknown stage; the catalog has ${Object.keys(catalog).join(", ")}`

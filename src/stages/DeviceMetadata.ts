@@ -5,9 +5,11 @@
  * inventory API, or a JSON file); the stage keeps a bounded LRU cache with a TTL in front of it
  * and asks only for the devices of a chunk that it misses, in one lookup per chunk.
  *
- * When the inventory cannot answer, messages of devices still in the cache go on; the others are
- * passed on with `metadata: null` (`onLookupFailure: "pass"`, the default: ingestion does not
- * stop because enrichment is down) or nacked `unavailable` (`"reject"`).
+ * When the inventory cannot answer (an error, or no answer within `lookupTimeoutMs`), devices
+ * in the cache go on with their record, even an expired one; the others are passed on with
+ * `metadata: null` (`onLookupFailure: "pass"`, the default: ingestion does not stop because
+ * enrichment is down) or nacked `unavailable` (`"reject"`), and for `retryAfterMs` misses are not
+ * looked up at all, so an outage does not slow every batch by the lookup timeout.
  */
 import { Clock, Context, Effect, Layer, Schema } from "effect"
 import * as Fs from "node:fs/promises"
@@ -19,8 +21,6 @@ import * as Stage from "../pipeline/Stage.ts"
 export const DeviceInfo = Schema.Record(Schema.String, Schema.String)
 export type DeviceInfo = typeof DeviceInfo.Type
 
-const Inventory = Schema.Record(Schema.String, DeviceInfo)
-const decodeInventory = Schema.decodeUnknownResult(Inventory)
 
 /** The device inventory. */
 export interface DeviceDirectoryShape {
@@ -28,14 +28,18 @@ export interface DeviceDirectoryShape {
   readonly lookup: (ids: ReadonlyArray<string>) => Effect.Effect<ReadonlyMap<string, DeviceInfo>, TransientUpstreamError>
 }
 
-/** Ids per inventory request (keeps URLs short). */
+/** Ids per inventory request at most. */
 const IDS_PER_REQUEST = 100
+/** Longest query string per request (ids percent-encoded): well under common 8 KB header limits. */
+const MAX_QUERY_CHARS = 4_000
 
 /** The device inventory service. */
 export class DeviceDirectory extends Context.Service<DeviceDirectory, DeviceDirectoryShape>()("gateway/DeviceDirectory") {
   /**
    * An inventory HTTP API: `GET <url>?ids=<id>,<id>…` answers a JSON object
-   * `{ "<id>": { "<key>": "<value>", … }, … }` with the devices it knows.
+   * `{ "<id>": { "<key>": "<value>", … }, … }` with the devices it knows. Ids are sent in
+   * requests of at most 100 ids and 4,000 query characters, four at a time. A record that is not
+   * an object of strings is skipped (that device counts as unknown).
    */
   static http(options: { readonly url: string; readonly timeoutMs?: number }): Layer.Layer<DeviceDirectory> {
     const timeoutMs = options.timeoutMs ?? 2_000
@@ -55,7 +59,7 @@ export class DeviceDirectory extends Context.Service<DeviceDirectory, DeviceDire
       DeviceDirectory,
       DeviceDirectory.of({
         lookup: (ids) =>
-          Effect.forEach(groups(ids, IDS_PER_REQUEST), fetchSome, { concurrency: 4 }).pipe(
+          Effect.forEach(requests(ids), fetchSome, { concurrency: 4 }).pipe(
             Effect.map((answers) => new Map(answers.flatMap((a) => [...a])))
           )
       })
@@ -77,11 +81,19 @@ export class DeviceDirectory extends Context.Service<DeviceDirectory, DeviceDire
   }
 }
 
-const parse = (json: unknown) => {
-  const decoded = decodeInventory(json)
-  return decoded._tag === "Success"
-    ? Effect.succeed(new Map(Object.entries(decoded.success)) as ReadonlyMap<string, DeviceInfo>)
-    : Effect.fail(new TransientUpstreamError({ sink: "device inventory", message: `unexpected answer: ${decoded.failure.message}` }))
+const decodeInfo = Schema.decodeUnknownResult(DeviceInfo)
+
+/** The records of an inventory answer; a record of the wrong shape is left out. */
+const parse = (json: unknown): Effect.Effect<ReadonlyMap<string, DeviceInfo>, TransientUpstreamError> => {
+  if (typeof json !== "object" || json === null || Array.isArray(json)) {
+    return Effect.fail(new TransientUpstreamError({ sink: "device inventory", message: "unexpected answer: not a JSON object" }))
+  }
+  const known = new Map<string, DeviceInfo>()
+  for (const [id, record] of Object.entries(json)) {
+    const info = decodeInfo(record)
+    if (info._tag === "Success") known.set(id, info.success)
+  }
+  return Effect.succeed(known)
 }
 
 const pickKnown = (known: ReadonlyMap<string, DeviceInfo>, ids: ReadonlyArray<string>) => {
@@ -93,9 +105,22 @@ const pickKnown = (known: ReadonlyMap<string, DeviceInfo>, ids: ReadonlyArray<st
   return out
 }
 
-const groups = <A>(items: ReadonlyArray<A>, size: number): Array<ReadonlyArray<A>> => {
-  const out: Array<ReadonlyArray<A>> = []
-  for (let i = 0; i < items.length; i += size) out.push(items.slice(i, i + size))
+/** Ids grouped into requests: at most IDS_PER_REQUEST each and MAX_QUERY_CHARS once encoded. */
+const requests = (ids: ReadonlyArray<string>): Array<ReadonlyArray<string>> => {
+  const out: Array<Array<string>> = []
+  let current: Array<string> = []
+  let chars = 0
+  for (const id of ids) {
+    const length = encodeURIComponent(id).length + 3 // the comma between ids, encoded
+    if (current.length > 0 && (current.length >= IDS_PER_REQUEST || chars + length > MAX_QUERY_CHARS)) {
+      out.push(current)
+      current = []
+      chars = 0
+    }
+    current.push(id)
+    chars += length
+  }
+  if (current.length > 0) out.push(current)
   return out
 }
 
@@ -106,7 +131,11 @@ export const Options = Schema.Struct({
   /** How long an answer (including "unknown device") is trusted, ms. */
   ttlMs: Schema.optionalKey(Schema.Int.check(Schema.isGreaterThanOrEqualTo(0))),
   /** When the inventory cannot answer: pass on with `metadata: null`, or nack `unavailable`. */
-  onLookupFailure: Schema.optionalKey(Schema.Literals(["pass", "reject"]))
+  onLookupFailure: Schema.optionalKey(Schema.Literals(["pass", "reject"])),
+  /** How long the lookups of one chunk may take in all, ms; answers that came in time are kept. */
+  lookupTimeoutMs: Schema.optionalKey(Schema.Int.check(Schema.isBetween({ minimum: 1, maximum: 60_000 }))),
+  /** After a failed lookup, how long misses are not looked up at all (the inventory recovers), ms. */
+  retryAfterMs: Schema.optionalKey(Schema.Int.check(Schema.isBetween({ minimum: 0, maximum: 3_600_000 })))
 })
 export type Options = typeof Options.Type
 
@@ -118,7 +147,10 @@ interface Cached {
   readonly until: number
 }
 
-/** A bounded LRU cache with a TTL (a Map keeps insertion order: the first key is the least recent). */
+/**
+ * A bounded LRU cache with a TTL (a Map keeps insertion order: the first key is the least
+ * recent). Expired entries stay until evicted, as a fallback while the inventory is down.
+ */
 export class InfoCache {
   private readonly entries = new Map<string, Cached>()
   readonly capacity: number
@@ -129,14 +161,18 @@ export class InfoCache {
     this.ttlMs = ttlMs
   }
 
-  /** The cached record of `id` (null: known to be unknown), or undefined on a miss or when expired. */
+  /** The fresh record of `id` (null: known to be unknown), or undefined on a miss or when expired. */
   get(id: string, now: number): Cached | undefined {
     const hit = this.entries.get(id)
-    if (hit === undefined) return undefined
+    if (hit === undefined || hit.until <= now) return undefined
     this.entries.delete(id)
-    if (hit.until <= now) return undefined
     this.entries.set(id, hit)
     return hit
+  }
+
+  /** The record of `id` even if expired (the fallback when the inventory cannot answer). */
+  stale(id: string): Cached | undefined {
+    return this.entries.get(id)
   }
 
   /** Caches the answer for `id`, evicting the least recently used entry when full. */
@@ -146,7 +182,7 @@ export class InfoCache {
     this.entries.set(id, { info, until: now + this.ttlMs })
   }
 
-  /** Entries held (at most `capacity`). */
+  /** Entries held, fresh or expired (at most `capacity`). */
   get size(): number {
     return this.entries.size
   }
@@ -164,31 +200,59 @@ export const deviceMetadata = <A extends Envelope = Envelope>(
       const directory = yield* DeviceDirectory
       const cache = new InfoCache(options.capacity ?? 100_000, options.ttlMs ?? 60_000)
       const reject = options.onLookupFailure === "reject"
+      const lookupTimeoutMs = options.lookupTimeoutMs ?? 3_000
+      const retryAfterMs = options.retryAfterMs ?? 5_000
+      let downUntil = 0
       return Stage.chunk("device-metadata", (chunk: ReadonlyArray<A>) =>
         Effect.gen(function*() {
           const now = yield* Clock.currentTimeMillis
           const known = new Map<string, DeviceInfo | null>()
-          const missingSet = new Set<string>()
+          const missing = new Set<string>()
           for (const e of chunk) {
-            if (known.has(e.device) || missingSet.has(e.device)) continue
+            if (known.has(e.device) || missing.has(e.device)) continue
             const hit = cache.get(e.device, now)
-            if (hit === undefined) missingSet.add(e.device)
+            if (hit === undefined) missing.add(e.device)
             else known.set(e.device, hit.info)
           }
-          const missing = [...missingSet]
           let failure: TransientUpstreamError | undefined
-          if (missing.length > 0) {
-            const answer = yield* Effect.result(directory.lookup(missing))
-            if (answer._tag === "Success") {
-              for (const id of missing) {
-                const info = answer.success.get(id) ?? null
-                cache.set(id, info, now)
-                known.set(id, info)
-              }
-            } else {
-              failure = answer.failure
+          if (missing.size > 0 && now < downUntil) {
+            failure = new TransientUpstreamError({ sink: "device inventory", message: "unavailable: lookups paused after a failure" })
+          } else if (missing.size > 0) {
+            // each group is cached as it answers: a slow or failing group costs only its devices
+            const lookups = Effect.forEach(
+              groupsOf([...missing], LOOKUP_GROUP),
+              (ids) =>
+                directory.lookup(ids).pipe(
+                  Effect.tap((answer) =>
+                    Effect.sync(() => {
+                      for (const id of ids) {
+                        const info = answer.get(id) ?? null
+                        cache.set(id, info, now)
+                        known.set(id, info)
+                      }
+                    })
+                  ),
+                  Effect.catch((e) => Effect.sync(() => (failure ??= e)))
+                ),
+              { concurrency: 4, discard: true }
+            )
+            const finished = yield* Effect.timeoutOption(lookups, lookupTimeoutMs)
+            if (finished._tag === "None") {
+              failure ??= new TransientUpstreamError({ sink: "device inventory", message: `no answer within ${lookupTimeoutMs} ms` })
+            }
+            if (failure !== undefined) downUntil = now + retryAfterMs
+          }
+          if (failure !== undefined) {
+            let unanswered = 0
+            for (const id of missing) {
+              if (known.has(id)) continue
+              const stale = cache.stale(id)
+              if (stale !== undefined) known.set(id, stale.info) // an expired answer beats none
+              else unanswered++
+            }
+            if (unanswered > 0) {
               yield* Effect.logWarning("device inventory lookup failed").pipe(
-                Effect.annotateLogs({ devices: missing.length, error: failure.message, onLookupFailure: reject ? "reject" : "pass" })
+                Effect.annotateLogs({ devices: unanswered, error: failure.message, onLookupFailure: reject ? "reject" : "pass" })
               )
             }
           }
@@ -200,3 +264,12 @@ export const deviceMetadata = <A extends Envelope = Envelope>(
         }))
     })
   )
+
+/** Devices per lookup call (each cached as it answers). */
+const LOOKUP_GROUP = 100
+
+const groupsOf = <T>(items: ReadonlyArray<T>, size: number): Array<ReadonlyArray<T>> => {
+  const out: Array<ReadonlyArray<T>> = []
+  for (let i = 0; i < items.length; i += size) out.push(items.slice(i, i + size))
+  return out
+}

@@ -81,6 +81,8 @@ describe("Stage types", () => {
     expectTypeOf(pipeline).toEqualTypeOf<Layer.Layer<Pipeline, never, DeviceDirectory>>()
     // @ts-expect-error — DeviceDirectory is not provided
     Gateway.layer(GatewayConfig.layer, MessageTracer.disabled, pipeline)
+    // a layer that can fail at start (a missing inventory file) is accepted: run() reports it
+    Gateway.layer(GatewayConfig.layer, MessageTracer.disabled, pipeline.pipe(Layer.provide(DeviceDirectory.file("devices.json"))))
     // provided: accepted
     Gateway.layer(
       GatewayConfig.layer,

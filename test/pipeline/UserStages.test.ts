@@ -128,6 +128,18 @@ describe("user stages from the stages file", () => {
     await expect(startGateway({ GATEWAY_DATA_DIR: dir, GATEWAY_STAGES_FILE: file })).rejects.toThrow(/stages\[0\] \(threshold\)/)
     Fs.writeFileSync(file, "{ not json")
     await expect(startGateway({ GATEWAY_DATA_DIR: dir, GATEWAY_STAGES_FILE: file })).rejects.toThrow(/is not JSON/)
+    const refused = [
+      [{ stage: "constructor" }, /stages\[0\] \(constructor\): unknown stage/],
+      [{ stage: "threshold", options: { limitz: [] } }, /stages\[0\] \(threshold\): .*limitz/],
+      [{ stage: "threshold", typo: 1, options: { limits: [] } }, /typo/],
+      [{ stage: "device-metadata", options: { url: "inventory.local/devices" } }, /expected an http:\/\/ or https:\/\/ URL/],
+      [{ stage: "device-metadata", options: { url: "http://x/", file: "/tmp/x.json" } }, /not both/],
+      [{ stage: "device-metadata", options: {} }, /needs `url` or `file`/]
+    ] as const
+    for (const [spec, message] of refused) {
+      Fs.writeFileSync(file, JSON.stringify({ stages: [spec] }))
+      await expect(startGateway({ GATEWAY_DATA_DIR: dir, GATEWAY_STAGES_FILE: file })).rejects.toThrow(message)
+    }
   })
 })
 

@@ -263,8 +263,13 @@ describe("deviceMetadata over an HTTP inventory", () => {
         expect(down.stops).toEqual([])
         expect(metadataOf(down.passed)).toEqual([["dev-a", null], ["dev-b", null]])
 
-        // a failure is not cached as "unknown"
+        // for retryAfterMs (default 5 s) misses are not looked up: the inventory gets time to recover
         inv.mode = "ok"
+        const paused = yield* runner.run([telemetry("dev-a", 3)])
+        expect(inv.requests).toHaveLength(1)
+        expect(metadataOf(paused.passed)).toEqual([["dev-a", null]])
+        // then a failure is not cached as "unknown": it is asked again
+        yield* TestClock.adjust(5_000)
         const back = yield* runner.run([telemetry("dev-a", 3), event("dev-b", 4)])
         expect(askedFor(inv)).toEqual([["dev-a", "dev-b"], ["dev-a", "dev-b"]])
         expect(metadataOf(back.passed)).toEqual([["dev-a", KNOWN["dev-a"]], ["dev-b", KNOWN["dev-b"]]])
@@ -396,9 +401,9 @@ describe("InfoCache", () => {
     expect(cache.get("a", 5_000)?.info).toEqual({ site: "north" })
     expect(cache.get("a", 5_999)?.info).toEqual({ site: "north" })
     expect(cache.get("a", 6_001)).toBeUndefined()
-    // an expired entry is dropped
-    expect(cache.size).toBe(0)
-    expect(cache.get("a", 5_500)).toBeUndefined()
+    // an expired entry stays, as the fallback while the inventory is down, until evicted
+    expect(cache.size).toBe(1)
+    expect(cache.stale("a")?.info).toEqual({ site: "north" })
   })
 
   it("a re-set after expiry is fresh again", () => {
@@ -449,10 +454,90 @@ describe("DeviceDirectory.file", () => {
       const notJson = Path.join(dir, "bad.json")
       const notInventory = Path.join(dir, "wrong.json")
       yield* Effect.promise(() => Fs.writeFile(notJson, "{ not json"))
-      yield* Effect.promise(() => Fs.writeFile(notInventory, JSON.stringify({ "dev-a": { site: 1 } })))
+      yield* Effect.promise(() => Fs.writeFile(notInventory, JSON.stringify([{ "dev-a": { site: "x" } }])))
       for (const file of [notJson, notInventory]) {
         const error = yield* Stage.build(deviceMetadata()).pipe(Effect.provide(DeviceDirectory.file(file)), Effect.flip)
         expect(error._tag).toBe("TransientUpstreamError")
       }
+    }))
+
+  it.effect("skips a record of the wrong shape (that device is unknown), keeps the others", () =>
+    Effect.gen(function*() {
+      const dir = yield* tempDir
+      const file = Path.join(dir, "mixed.json")
+      yield* Effect.promise(() => Fs.writeFile(file, JSON.stringify({ "dev-a": { site: 1 }, "dev-b": { site: "b" } })))
+      const runner = yield* Stage.build(deviceMetadata()).pipe(Effect.provide(DeviceDirectory.file(file)))
+      const outcome = yield* runner.run([telemetry("dev-a", 1), telemetry("dev-b", 2)])
+      expect(metadataOf(outcome.passed)).toEqual([["dev-a", null], ["dev-b", { site: "b" }]])
+    }))
+})
+
+describe("deviceMetadata under a slow or strict inventory (real HTTP)", () => {
+  /** An inventory that knows every device, delays requests naming a `slow-` device, and records URL lengths. */
+  const startSlow = async (delayMs: number) => {
+    const urlLengths: Array<number> = []
+    const server = Http.createServer((req, res) => {
+      urlLengths.push((req.url ?? "").length)
+      const ids = new URL(req.url ?? "/", "http://x").searchParams.get("ids")?.split(",") ?? []
+      const answer = () => {
+        res.setHeader("content-type", "application/json")
+        res.end(JSON.stringify(Object.fromEntries(ids.map((id) => [id, { site: id.slice(0, 4) }]))))
+      }
+      if (ids.some((id) => id.startsWith("slow-"))) setTimeout(answer, delayMs)
+      else answer()
+    })
+    await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve))
+    return {
+      url: `http://127.0.0.1:${(server.address() as AddressInfo).port}/devices`,
+      urlLengths,
+      close: () => new Promise<void>((resolve) => {
+        server.closeAllConnections()
+        server.close(() => resolve())
+      })
+    }
+  }
+
+  it.live("keeps the groups that answered within lookupTimeoutMs; only the slow group's devices miss out", () =>
+    Effect.gen(function*() {
+      const inv = yield* Effect.acquireRelease(Effect.promise(() => startSlow(1_500)), (i) => Effect.promise(() => i.close()))
+      const runner = yield* Stage.build(deviceMetadata({ lookupTimeoutMs: 300, retryAfterMs: 0 })).pipe(
+        Effect.provide(DeviceDirectory.http({ url: inv.url, timeoutMs: 5_000 }))
+      )
+      const devices = [...Array.from({ length: 100 }, (_, i) => `fast-${i}`), ...Array.from({ length: 20 }, (_, i) => `slow-${i}`)]
+      const started = Date.now()
+      const first = yield* runner.run(devices.map((d, i) => telemetry(d, i)))
+      expect(Date.now() - started).toBeLessThan(1_400) // did not wait for the slow group
+      const meta = new Map(metadataOf(first.passed))
+      expect(meta.get("fast-7")).toEqual({ site: "fast" })
+      expect(meta.get("slow-3")).toBeNull()
+      // the fast group was cached as it answered: a second chunk asks only for the slow devices
+      const before = inv.urlLengths.length
+      yield* runner.run([telemetry("fast-7", 1000)])
+      expect(inv.urlLengths.length).toBe(before)
+    }))
+
+  it.live("splits long ids into requests whose query stays under 4,000 characters", () =>
+    Effect.gen(function*() {
+      const inv = yield* Effect.acquireRelease(Effect.promise(() => startSlow(0)), (i) => Effect.promise(() => i.close()))
+      const runner = yield* Stage.build(deviceMetadata()).pipe(
+        Effect.provide(DeviceDirectory.http({ url: inv.url, timeoutMs: 5_000 }))
+      )
+      const devices = Array.from({ length: 100 }, (_, i) => `dev:${String(i).padStart(3, "0")}:${"x".repeat(120)}`)
+      const outcome = yield* runner.run(devices.map((d, i) => telemetry(d, i)))
+      expect(outcome.passed.every((e) => e.metadata !== null)).toBe(true)
+      expect(inv.urlLengths.length).toBeGreaterThan(1)
+      for (const length of inv.urlLengths) expect(length).toBeLessThan(4_100)
+    }))
+
+  it.effect("while the inventory is down, an expired record is used rather than none", () =>
+    Effect.gen(function*() {
+      const inv = yield* inventory()
+      const runner = yield* runnerFor(inv.url, { ttlMs: 1_000 })
+      yield* runner.run([telemetry("dev-a", 1)])
+      yield* TestClock.adjust(2_000) // expired
+      inv.mode = "error"
+      const outcome = yield* runner.run([telemetry("dev-a", 2)])
+      expect(inv.requests).toHaveLength(2) // it did ask
+      expect(metadataOf(outcome.passed)).toEqual([["dev-a", KNOWN["dev-a"]]])
     }))
 })
