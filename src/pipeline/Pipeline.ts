@@ -3,7 +3,7 @@
  * composed in code ({@link Pipeline.layer}) or chosen by the operator in a stages file
  * ({@link Pipeline.fromFile}, GATEWAY_STAGES_FILE). Empty by default.
  */
-import { Context, Effect, Layer } from "effect"
+import { Context, Effect, Layer, type Scope } from "effect"
 import type { Envelope } from "../domain/Envelope.ts"
 import * as Stage from "./Stage.ts"
 
@@ -18,9 +18,9 @@ export class Pipeline extends Context.Service<Pipeline, UserStages>()("gateway/P
   /**
    * The pipeline from code. Its layer needs the services its stages need: a stage whose
    * service nobody provides leaves the requirement in the gateway's layer, which then cannot
-   * be launched (a compile error).
+   * be launched (a compile error). A stage's resources (`Scope`) live as long as this layer.
    */
-  static layer<R>(stages: Stage.Stage<Envelope, Envelope, Stage.StageError, R>): Layer.Layer<Pipeline, never, R> {
+  static layer<R>(stages: Stage.Stage<Envelope, Envelope, Stage.StageError, R>): Layer.Layer<Pipeline, never, Exclude<R, Scope.Scope>> {
     return Layer.effect(Pipeline, Effect.map(Effect.context<R>(), (context) => Stage.provideContext(stages, context)))
   }
 }

@@ -76,6 +76,14 @@ describe("Stage types", () => {
     Pipeline.layer(bySite)
   })
 
+  it("a stage may hold resources: the pipeline layer provides their scope", () => {
+    const pooled = Stage.unwrap(
+      Effect.map(Effect.acquireRelease(Effect.succeed(new Map<string, string>()), () => Effect.void), (pool) =>
+        Stage.map("pooled", (e: Envelope) => (pool.has(e.device) ? Stage.dropped : e)))
+    )
+    expectTypeOf(Pipeline.layer(pooled)).toEqualTypeOf<Layer.Layer<Pipeline, never, never>>()
+  })
+
   it("refuses a gateway whose stages need a service nobody provides", () => {
     const pipeline = Pipeline.layer(Stage.andThen(convert, enrich))
     expectTypeOf(pipeline).toEqualTypeOf<Layer.Layer<Pipeline, never, DeviceDirectory>>()

@@ -186,6 +186,23 @@ describe("user stages composed in code", () => {
     ])
   })
 
+  it("a stage's resources are acquired once at start and released at shutdown, after the drain", async () => {
+    const events: Array<string> = []
+    const pooled = Stage.unwrap(
+      Effect.map(
+        Effect.acquireRelease(Effect.sync(() => events.push("acquired")), () => Effect.sync(() => events.push("released"))),
+        () => Stage.map("pooled", (e: Envelope) => (events.push(`seq ${e.seq}`), e))
+      )
+    )
+    const g = await startGateway({}, undefined, Pipeline.layer(pooled))
+    const d = await open(g, "dev-pooled")
+    d.send(telemetry(1))
+    expect(await d.next()).toEqual({ type: "ack", seq: 1 })
+    expect(events).toEqual(["acquired", "seq 1"])
+    await g.stop()
+    expect(events).toEqual(["acquired", "seq 1", "released"])
+  })
+
   it("an interruption inside a stage nacks its message; the connection's later messages are answered", async () => {
     const joins = Stage.chunk("joins", (chunk: ReadonlyArray<Envelope>) =>
       Effect.gen(function*() {
