@@ -6,7 +6,7 @@ import * as Http from "node:http"
 import type { AddressInfo } from "node:net"
 import * as Os from "node:os"
 import * as Path from "node:path"
-import type { Envelope, EventEnvelope, TelemetryEnvelope } from "../../src/domain/Envelope.ts"
+import type { Envelope } from "../../src/domain/Envelope.ts"
 import * as Stage from "../../src/pipeline/Stage.ts"
 import {
   DeviceDirectory,
@@ -16,28 +16,12 @@ import {
   type Options,
   type WithMetadata
 } from "../../src/stages/DeviceMetadata.ts"
+import { eventEnvelope, telemetryEnvelope } from "../support/envelopes.ts"
 
-const header = (device: string, seq: number) => ({
-  device,
-  epoch: 1,
-  seq,
-  deviceTs: 1_700_000_000_000 + seq,
-  receivedAt: 1_700_000_000_500 + seq,
-  gateway: "gw-test",
-  traceparent: null
-})
+const telemetry = (device: string, seq: number, metrics: Record<string, number> = { temp: 20 }) =>
+  telemetryEnvelope(device, seq, metrics)
 
-const telemetry = (device: string, seq: number, metrics: Record<string, number> = { temp: 20 }): TelemetryEnvelope => ({
-  ...header(device, seq),
-  kind: "telemetry",
-  body: { metrics }
-})
-
-const event = (device: string, seq: number, name = "boot"): EventEnvelope => ({
-  ...header(device, seq),
-  kind: "event",
-  body: { name }
-})
+const event = (device: string, seq: number, name = "boot") => eventEnvelope(device, seq, name)
 
 const KNOWN: Readonly<Record<string, DeviceInfo>> = {
   "dev-a": { site: "north", model: "TH-100" },

@@ -1,26 +1,14 @@
 import { describe, expect, it } from "@effect/vitest"
 import { Effect, Schema } from "effect"
-import type { Envelope, EventEnvelope, TelemetryEnvelope } from "../../src/domain/Envelope.ts"
+import type { Envelope } from "../../src/domain/Envelope.ts"
 import * as Stage from "../../src/pipeline/Stage.ts"
 import { type Alert, Options, threshold, type WithAlerts } from "../../src/stages/Threshold.ts"
+import { eventEnvelope, telemetryEnvelope } from "../support/envelopes.ts"
 
-const header = (seq: number) => ({
-  device: "dev-threshold",
-  epoch: 1,
-  seq,
-  deviceTs: 1_700_000_000_000 + seq,
-  receivedAt: 1_700_000_000_500 + seq,
-  gateway: "gw-test",
-  traceparent: null
-})
+const telemetry = (metrics: Record<string, number>, seq = 1, tags?: Record<string, string>) =>
+  telemetryEnvelope("dev-threshold", seq, metrics, tags)
 
-const telemetry = (metrics: Record<string, number>, seq = 1, tags?: Record<string, string>): TelemetryEnvelope => ({
-  ...header(seq),
-  kind: "telemetry",
-  body: tags === undefined ? { metrics } : { metrics, tags }
-})
-
-const event = (name: string, seq = 1): EventEnvelope => ({ ...header(seq), kind: "event", body: { name } })
+const event = (name: string, seq = 1) => eventEnvelope("dev-threshold", seq, name)
 
 /** Builds the stage and runs one chunk through it synchronously; nothing may stop. */
 const run = (options: Options, inputs: ReadonlyArray<Envelope>): ReadonlyArray<WithAlerts> => {

@@ -1,30 +1,14 @@
 import { describe, expect, it } from "@effect/vitest"
 import { Effect, Schema } from "effect"
-import type { Envelope, EventEnvelope, TelemetryEnvelope } from "../../src/domain/Envelope.ts"
+import type { Envelope } from "../../src/domain/Envelope.ts"
 import * as Stage from "../../src/pipeline/Stage.ts"
 import { Options, PRESETS, unitConversion } from "../../src/stages/UnitConversion.ts"
+import { eventEnvelope, telemetryEnvelope } from "../support/envelopes.ts"
 
-const header = (seq: number) => ({
-  device: "dev-units",
-  epoch: 1,
-  seq,
-  deviceTs: 1_700_000_000_000 + seq,
-  receivedAt: 1_700_000_000_500 + seq,
-  gateway: "gw-test",
-  traceparent: null
-})
+const telemetry = (metrics: Record<string, number>, tags?: Record<string, string>, seq = 1) =>
+  telemetryEnvelope("dev-units", seq, metrics, tags)
 
-const telemetry = (
-  metrics: Record<string, number>,
-  tags?: Record<string, string>,
-  seq = 1
-): TelemetryEnvelope => ({
-  ...header(seq),
-  kind: "telemetry",
-  body: tags === undefined ? { metrics } : { metrics, tags }
-})
-
-const event = (name: string, seq = 1): EventEnvelope => ({ ...header(seq), kind: "event", body: { name } })
+const event = (name: string, seq = 1) => eventEnvelope("dev-units", seq, name)
 
 /** Builds the stage and runs one chunk through it synchronously. */
 const run = (options: Options, inputs: ReadonlyArray<Envelope>) => {

@@ -3,6 +3,7 @@
  */
 import * as Path from "node:path"
 import { DatabaseSync } from "node:sqlite"
+import type { DeadLetterRow } from "../../src/sinks/SqliteStore.ts"
 
 /** A row of `messages`. */
 export interface MessageRow {
@@ -29,16 +30,6 @@ export const rows = (dataDir: string, device?: string): Array<MessageRow> => {
   } finally {
     db.close()
   }
-}
-
-/** A row of `dead_letters`. */
-export interface DeadLetterRow {
-  readonly device: string
-  readonly epoch: number
-  readonly seq: number
-  readonly kind: string
-  readonly reason: string
-  readonly envelope: string
 }
 
 /** Every dead letter, in the order stored. */
