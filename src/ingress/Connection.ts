@@ -63,8 +63,8 @@ export class Connection implements Replier, Replaceable {
   /** Events waiting for room in the critical lane, in send order. */
   private held: Array<InFlight> = []
   /** Data frames of the current socket read, waiting for the ingest stages, and their tickets. */
-  private raws: Array<RawData> = []
-  private tickets: Array<number> = []
+  private readonly raws: Array<RawData> = []
+  private readonly tickets: Array<number> = []
   private pumping = false
   private draining = false
   private offered = 0
@@ -257,8 +257,6 @@ export class Connection implements Replier, Replaceable {
     const raws = this.raws
     if (raws.length === 0) return
     const tickets = this.tickets
-    this.raws = []
-    this.tickets = []
     const env = this.env
     const { passed, passedAt, stops, stoppedAt } = env.ingest.runSync(raws)
     if (stops.length > 0) {
@@ -288,6 +286,9 @@ export class Connection implements Replier, Replaceable {
       if (item.envelope.kind === "telemetry") env.lanes.offerTelemetry(item)
       else if (this.held.length > 0 || !env.lanes.tryOfferEvent(item)) this.held.push(item)
     }
+    // the arrays are reused for the next socket read (nothing above keeps them)
+    raws.length = 0
+    tickets.length = 0
   }
 
   /**

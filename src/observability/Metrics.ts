@@ -11,6 +11,21 @@ const empty = Context.empty()
 /** Synchronous update for the hot path (counters add, gauges set, histograms observe). */
 export const record = <I>(metric: Metric.Metric<I, unknown>, value: I): void => metric.updateUnsafe(value, empty)
 
+/**
+ * A family of labelled series: one metric object per label set, made once and cached. (Effect's
+ * `Metric.withAttributes` builds a context on every update and, with several series of one
+ * metric updated in turn, recomputes the series key each time: garbage on the hot path.)
+ */
+const family = <M>(make: (attributes: Record<string, string>) => M) => {
+  const series = new Map<string, M>()
+  return (attributes: Record<string, string>): M => {
+    const key = Object.values(attributes).join("\u0000")
+    let m = series.get(key)
+    if (m === undefined) series.set(key, m = make(attributes))
+    return m
+  }
+}
+
 /** Open device connections (after admission). */
 export const connectionsActive = Metric.gauge("gateway_connections_active", {
   description: "device connections currently open"
@@ -27,16 +42,14 @@ export type ConnectionResult =
   | "closed"
   | "shutdown"
 
-const connectionsTotal = Metric.counter("gateway_connections_total", {
-  description: "connections by result (accepted at welcome; the others when they end or are refused)"
-})
-const connectionsByResult = new Map<ConnectionResult, Metric.Metric<number, unknown>>()
+const connectionsTotal = family((attributes) =>
+  Metric.counter("gateway_connections_total", {
+    description: "connections by result (accepted at welcome; the others when they end or are refused)",
+    attributes
+  })
+)
 /** Counter of connections for one result. */
-export const connections = (result: ConnectionResult): Metric.Metric<number, unknown> => {
-  let m = connectionsByResult.get(result)
-  if (m === undefined) connectionsByResult.set(result, m = Metric.withAttributes(connectionsTotal, { result }))
-  return m
-}
+export const connections = (result: ConnectionResult): Metric.Metric<number, unknown> => connectionsTotal({ result })
 
 /** Per-message outcomes (the answer each data frame got). */
 export type MessageOutcome =
@@ -50,15 +63,12 @@ export type MessageOutcome =
   | "unavailable"
   | "rejected"
 
-const messagesTotal = Metric.counter("gateway_messages_total", { description: "data frames by kind and outcome" })
-const messagesBy = new Map<string, Metric.Metric<number, unknown>>()
+const messagesTotal = family((attributes) =>
+  Metric.counter("gateway_messages_total", { description: "data frames by kind and outcome", attributes })
+)
 /** Counter of messages of one kind with one outcome. */
-export const messages = (kind: Kind, outcome: MessageOutcome): Metric.Metric<number, unknown> => {
-  const key = `${kind}/${outcome}`
-  let m = messagesBy.get(key)
-  if (m === undefined) messagesBy.set(key, m = Metric.withAttributes(messagesTotal, { kind, outcome }))
-  return m
-}
+export const messages = (kind: Kind, outcome: MessageOutcome): Metric.Metric<number, unknown> =>
+  messagesTotal({ kind, outcome })
 
 /** Errors by taxonomy class (DESIGN.md). */
 export type ErrorClass =
@@ -70,24 +80,21 @@ export type ErrorClass =
   | "PermanentPersistenceError"
   | "StageDefect"
 
-const errorsTotal = Metric.counter("gateway_errors_total", { description: "errors by taxonomy class" })
-const errorsBy = new Map<ErrorClass, Metric.Metric<number, unknown>>()
+const errorsTotal = family((attributes) =>
+  Metric.counter("gateway_errors_total", { description: "errors by taxonomy class", attributes })
+)
 /** Counter of errors of one class. */
-export const errors = (errorClass: ErrorClass): Metric.Metric<number, unknown> => {
-  let m = errorsBy.get(errorClass)
-  if (m === undefined) errorsBy.set(errorClass, m = Metric.withAttributes(errorsTotal, { class: errorClass }))
-  return m
-}
+export const errors = (errorClass: ErrorClass): Metric.Metric<number, unknown> => errorsTotal({ class: errorClass })
 
 /** The two lanes of DESIGN.md. */
 export type LaneName = "critical" | "bulk"
 
-const queueDepth = Metric.gauge("gateway_queue_depth", { description: "messages waiting in a lane" })
-const queueCapacity = Metric.gauge("gateway_queue_capacity", { description: "capacity of a lane" })
 /** Depth gauge of one lane. */
-export const laneDepth = (lane: LaneName) => Metric.withAttributes(queueDepth, { lane })
+export const laneDepth = (lane: LaneName) =>
+  Metric.gauge("gateway_queue_depth", { description: "messages waiting in a lane", attributes: { lane } })
 /** Capacity gauge of one lane. */
-export const laneCapacity = (lane: LaneName) => Metric.withAttributes(queueCapacity, { lane })
+export const laneCapacity = (lane: LaneName) =>
+  Metric.gauge("gateway_queue_capacity", { description: "capacity of a lane", attributes: { lane } })
 
 /** Ingest-to-commit latency: from the frame's arrival to the sink's commit, in milliseconds. */
 export const commitLatencyMs = Metric.histogram("gateway_ingest_to_commit_latency_ms", {
@@ -118,25 +125,27 @@ export const dedupDevices = Metric.gauge("gateway_dedup_devices", { description:
 /** What happened to the messages a stage saw. */
 export type StageResult = "passed" | "settled" | "rejected"
 
-const stageDurationMs = Metric.histogram("gateway_stage_duration_ms", {
-  description: "milliseconds a stage took for one chunk",
-  boundaries: [0.01, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 25, 50, 100, 250, 1000]
-})
-const stageMessagesTotal = Metric.counter("gateway_stage_messages_total", {
-  description: "messages by stage and result (passed on, settled with an ack, rejected with a nack)"
-})
-const stageErrorsTotal = Metric.counter("gateway_stage_errors_total", {
-  description: "messages a stage rejected, by stage and error class"
-})
+const STAGE_DURATION_BOUNDARIES = [0.01, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 25, 50, 100, 250, 1000]
+
 /** Per-chunk duration histogram of one stage. */
-export const stageDuration = (stage: string) => Metric.withAttributes(stageDurationMs, { stage })
+export const stageDuration = (stage: string) =>
+  Metric.histogram("gateway_stage_duration_ms", {
+    description: "milliseconds a stage took for one chunk",
+    boundaries: STAGE_DURATION_BOUNDARIES,
+    attributes: { stage }
+  })
+const stageMessagesTotal = family((attributes) =>
+  Metric.counter("gateway_stage_messages_total", {
+    description: "messages by stage and result (passed on, settled with an ack, rejected with a nack)",
+    attributes
+  })
+)
 /** Message counter of one stage and result. */
-export const stageMessages = (stage: string, result: StageResult) => Metric.withAttributes(stageMessagesTotal, { stage, result })
-const stageErrorsBy = new Map<string, Metric.Metric<number, unknown>>()
+export const stageMessages = (stage: string, result: StageResult): Metric.Metric<number, unknown> =>
+  stageMessagesTotal({ stage, result })
+const stageErrorsTotal = family((attributes) =>
+  Metric.counter("gateway_stage_errors_total", { description: "messages a stage rejected, by stage and error class", attributes })
+)
 /** Rejection counter of one stage and error class. */
-export const stageErrors = (stage: string, errorClass: string): Metric.Metric<number, unknown> => {
-  const key = `${stage}/${errorClass}`
-  let m = stageErrorsBy.get(key)
-  if (m === undefined) stageErrorsBy.set(key, m = Metric.withAttributes(stageErrorsTotal, { stage, class: errorClass }))
-  return m
-}
+export const stageErrors = (stage: string, errorClass: string): Metric.Metric<number, unknown> =>
+  stageErrorsTotal({ stage, class: errorClass })

@@ -380,11 +380,11 @@ export const build = <In, Out, E, R>(self: Stage<In, Out, E, R>, options: BuildO
         ? (inputs) => Effect.sync(() => runAllSync(inputs))
         : (inputs) =>
           Effect.gen(function*() {
-            const state = new RunState<E>(inputs)
+            const state = new RunState<Out, E>(inputs)
             let started = performance.now()
             for (const step of steps) {
-              if (state.values.length === 0) break
-              const chunkOf = state.values
+              if (state.passed.length === 0) break
+              const chunkOf = state.passed as ReadonlyArray<unknown>
               // a synchronous stage needs no Effect (it isolates throws per message itself)
               const results = spans
                 ? yield* Effect.withSpan(applyAsync(step, chunkOf), `stage ${step.name}`, {
@@ -398,21 +398,21 @@ export const build = <In, Out, E, R>(self: Stage<In, Out, E, R>, options: BuildO
               Metrics.record(step.duration, ended - started)
               started = ended
             }
-            return state.outcome<Out>()
+            return state
           })
     }
 
     function runAllSync(inputs: ReadonlyArray<In>): Outcome<Out, E> {
-      const state = new RunState<E>(inputs)
+      const state = new RunState<Out, E>(inputs)
       let started = performance.now()
       for (const step of steps) {
-        if (state.values.length === 0) break
-        state.apply(step, applySync(step, state.values))
+        if (state.passed.length === 0) break
+        state.apply(step, applySync(step, state.passed))
         const ended = performance.now()
         Metrics.record(step.duration, ended - started)
         started = ended
       }
-      return state.outcome<Out>()
+      return state
     }
   })
 
@@ -527,17 +527,23 @@ const matcher = (selections: ReadonlyArray<Selection>): (item: Selectable) => bo
   return tests.length === 1 ? tests[0]! : (item) => tests.every((test) => test(item))
 }
 
-/** The messages still going through a run, and where the others stopped. */
-class RunState<E> {
-  values: ReadonlyArray<unknown>
-  /** Input position of each value; undefined while no message has stopped (identity). */
-  at: Array<number> | undefined = undefined
-  readonly stops: Array<Settled | Rejected<E | StageDefect>> = []
-  readonly stoppedAt: Array<number> = []
-  readonly stoppedBy: Array<string> = []
+const NO_STOPS: Array<never> = []
+const NO_POSITIONS: Array<number> = []
+const NO_NAMES: Array<string> = []
+
+/** The messages still going through a run and where the others stopped; at the end, the outcome. */
+class RunState<Out, E> implements Outcome<Out, E> {
+  /** What the last stage passed on (the inputs before any stage). */
+  passed: ReadonlyArray<Out>
+  /** Input position of each passed message; undefined while no message has stopped (identity). */
+  passedAt: Array<number> | undefined = undefined
+  // the shared empty arrays are replaced on the first stop: most chunks have none
+  stops: Array<Settled | Rejected<E | StageDefect>> = NO_STOPS
+  stoppedAt: Array<number> = NO_POSITIONS
+  stoppedBy: Array<string> = NO_NAMES
 
   constructor(inputs: ReadonlyArray<unknown>) {
-    this.values = inputs
+    this.passed = inputs as ReadonlyArray<Out>
   }
 
   /** Takes a step's verdicts: stops are recorded, the rest go on. */
@@ -550,16 +556,22 @@ class RunState<E> {
       }
     }
     if (first === -1) {
-      this.values = results
+      this.passed = results as ReadonlyArray<Out>
       Metrics.record(step.passedCount, results.length)
       return
     }
+    const previousAt = this.passedAt
     const values: Array<unknown> = results.slice(0, first)
-    const at: Array<number> = this.at === undefined ? Array.from({ length: first }, (_, i) => i) : this.at.slice(0, first)
+    const at: Array<number> = previousAt === undefined ? Array.from({ length: first }, (_, i) => i) : previousAt.slice(0, first)
+    if (this.stops === NO_STOPS) {
+      this.stops = []
+      this.stoppedAt = []
+      this.stoppedBy = []
+    }
     let settled = 0, rejected = 0
     for (let i = first; i < results.length; i++) {
       const r = results[i]
-      const position = this.at === undefined ? i : this.at[i]!
+      const position = previousAt === undefined ? i : previousAt[i]!
       if (r instanceof Stop) {
         this.stops.push(r as Settled | Rejected<E | StageDefect>)
         this.stoppedAt.push(position)
@@ -573,21 +585,11 @@ class RunState<E> {
         at.push(position)
       }
     }
-    this.values = values
-    this.at = at
+    this.passed = values as ReadonlyArray<Out>
+    this.passedAt = at
     Metrics.record(step.passedCount, values.length)
     if (settled > 0) Metrics.record(step.settledCount, settled)
     if (rejected > 0) Metrics.record(step.rejectedCount, rejected)
-  }
-
-  outcome<Out>(): Outcome<Out, E> {
-    return {
-      passed: this.values as ReadonlyArray<Out>,
-      passedAt: this.at,
-      stops: this.stops,
-      stoppedAt: this.stoppedAt,
-      stoppedBy: this.stoppedBy
-    }
   }
 }
 
