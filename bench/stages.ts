@@ -109,14 +109,16 @@ export const runStageBench = async (total = 2_000_000): Promise<Array<StageRow>>
 
   // in the gateway the pipeline always ends in an asynchronous stage (commit): the increment
   // of one more synchronous stage in such a pipeline is what a user stage costs there
-  const asyncNoop = Stage.chunk("bench-async", (c: ReadonlyArray<Envelope>) => Effect.succeed(c))
+  const asyncNoop = Stage.chunk("bench-async", (c: ReadonlyArray<Envelope>) => Effect.succeed(c), { timeoutMs: Infinity })
+  const timedNoop = Stage.chunk("bench-async-timed", (c: ReadonlyArray<Envelope>) => Effect.succeed(c))
   for (const size of [64, 1024]) {
     const chunk = plain.slice(0, size)
     const alone = await timeEffect(size, total, build(asyncNoop).run, chunk)
     const withEmpty = await timeEffect(size, total, build(Stage.andThen(Stage.map("bench-empty", id), asyncNoop)).run, chunk)
-    rows.push({ name: "async no-op stage (stands for commit)", chunk: size, nsPerMsg: alone })
-    rows.push({ name: "empty stage + async no-op stage", chunk: size, nsPerMsg: withEmpty })
+    rows.push({ name: "async no-op stage, no timeout (stands for commit)", chunk: size, nsPerMsg: alone })
+    rows.push({ name: "empty stage + that async stage", chunk: size, nsPerMsg: withEmpty })
     rows.push({ name: "→ empty stage, increment in a gateway pipeline", chunk: size, nsPerMsg: withEmpty - alone })
+    rows.push({ name: "async no-op stage with the default 10 s timeout", chunk: size, nsPerMsg: await timeEffect(size, total, build(timedNoop).run, chunk) })
   }
 
   const size = 1024
