@@ -157,8 +157,8 @@ export class Connection implements Replier, Replaceable {
   }
 
   /** The state, read afresh (it changes under calls the compiler cannot follow). */
-  private isClosed(): boolean {
-    return this.state === "closed"
+  private isOpen(): boolean {
+    return this.state === "open"
   }
 
   private hasRoom(): boolean {
@@ -343,7 +343,7 @@ export class Connection implements Replier, Replaceable {
     const early = this.early
     this.early = []
     for (const text of early) {
-      if (this.isClosed()) break // a fatal frame ends the session: what follows is not read
+      if (!this.isOpen()) break // after a fatal frame or a bye, what follows is not read
       this.handle(text)
     }
     this.ingest()

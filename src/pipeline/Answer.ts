@@ -54,6 +54,12 @@ export const answerOf = (seq: number, stop: Settled | Rejected<StageError | Stag
       return { frame: nackFrame(seq, "invalid", `rejected by ${e.sink}: ${e.message}`), outcome: "rejected" }
     case "StageDefect":
       return { frame: nackFrame(seq, "unavailable", e.message, DEFECT_RETRY_AFTER_MS), outcome: "unavailable" }
+    default:
+      // only reachable past the types (plain JS, casts): answered like a stage's bug
+      return {
+        frame: nackFrame(seq, "unavailable", "a stage rejected the message with an unknown error", DEFECT_RETRY_AFTER_MS),
+        outcome: "unavailable"
+      }
   }
 }
 

@@ -18,7 +18,7 @@ import { answerOf, Tally, UNAVAILABLE_RETRY_AFTER_MS } from "./Answer.ts"
 import { commit, COMMIT } from "./Commit.ts"
 import { Dedup } from "./Dedup.ts"
 import { type InFlight, Lanes, type Replier } from "./Lanes.ts"
-import { Pipeline } from "./Pipeline.ts"
+import { Pipeline, PipelineError } from "./Pipeline.ts"
 import * as Stage from "./Stage.ts"
 
 /** Batches in the pipeline at once. */
@@ -38,7 +38,7 @@ export const layer = Layer.effectDiscard(Effect.gen(function*() {
   const user = yield* Stage.build(stages, { spans: tracer.enabled })
   const taken = user.names.filter((name) => RESERVED.has(name))
   if (taken.length > 0) {
-    return yield* Effect.die(new Error(`user stages may not be named ${taken.join(", ")}: the gateway's own stages are`))
+    return yield* new PipelineError({ message: `user stages may not be named ${taken.join(", ")}: the gateway's own stages are` })
   }
   const committer = yield* Stage.build(commit, { spans: tracer.enabled })
 
@@ -84,10 +84,11 @@ export const layer = Layer.effectDiscard(Effect.gen(function*() {
     const letters = deadLettersOf(batch, ends)
     if (letters.length === 0) return Effect.void
     return sink.deadLetter(letters).pipe(
-      Effect.tapError((e) =>
-        Effect.logWarning("dead letters not stored").pipe(Effect.annotateLogs({ count: letters.length, error: e.message }))
-      ),
-      Effect.ignore
+      Effect.catchCause((cause) =>
+        Effect.logWarning("dead letters not stored").pipe(
+          Effect.annotateLogs({ count: letters.length, error: Cause.pretty(cause) })
+        )
+      )
     )
   }
 
@@ -193,11 +194,17 @@ interface Ends {
 /** The gateway's own stage names. */
 const RESERVED: ReadonlySet<string> = new Set(["validate", "dedup", COMMIT, "pipeline"])
 
-const KEY_CHANGED = "a stage changed the message key (device, epoch, seq or kind): it was not stored"
+const KEY_CHANGED =
+  "a stage changed what it may not (device, epoch, seq, kind, gateway or traceparent), or passed on no envelope: not stored"
 
-/** True when a stage left the key (and kind) of the envelope as it entered. */
+/**
+ * True when a stage passed on an envelope with the key, kind, gateway and traceparent it entered
+ * with (the gateway's own fields: stages add fields and change bodies, not identities).
+ */
 const sameKey = (e: Envelope, original: Envelope) =>
-  e.seq === original.seq && e.device === original.device && e.epoch === original.epoch && e.kind === original.kind
+  typeof e === "object" && e !== null && e.seq === original.seq && e.device === original.device &&
+  e.epoch === original.epoch && e.kind === original.kind && e.gateway === original.gateway &&
+  e.traceparent === original.traceparent
 
 /**
  * The messages a stage before `commit` refused for good (invalid, or refused like a store

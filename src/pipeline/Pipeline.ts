@@ -3,9 +3,14 @@
  * composed in code ({@link Pipeline.layer}) or chosen by the operator in a stages file
  * ({@link Pipeline.fromFile}, GATEWAY_STAGES_FILE). Empty by default.
  */
-import { Context, Effect, Layer, type Scope } from "effect"
+import { Context, Data, Effect, Layer, type Scope } from "effect"
 import type { Envelope } from "../domain/Envelope.ts"
 import * as Stage from "./Stage.ts"
+
+/** The user pipeline cannot run as given (e.g. a stage takes a name the gateway's own stages have). */
+export class PipelineError extends Data.TaggedError("PipelineError")<{
+  readonly message: string
+}> {}
 
 /** The user stages: envelopes in, envelopes (possibly with added fields) out. */
 export type UserStages = Stage.Stage<Envelope, Envelope, Stage.StageError>

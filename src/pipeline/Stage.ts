@@ -438,29 +438,36 @@ const applyAsync = (step: BuiltStep, values: ReadonlyArray<unknown>): Effect.Eff
  * defect, an interruption inside the stage, or a wrong number of verdicts is retried on each
  * half of the chunk, down to single messages, so that only the messages causing it are rejected
  * (about 2·log2(n) extra runs for one bad message in n). The retries share the first run's
- * deadline: a chunk never takes much longer than the stage's timeout.
+ * deadline and a budget of runs (a stage that fails on everything is not run 2n times): past
+ * it, what is left is rejected with the defect.
  */
 const runIsolated = (step: BuiltStep, values: ReadonlyArray<unknown>): Effect.Effect<ReadonlyArray<unknown>> =>
   Effect.suspend(() => {
     const ms = step.fn.timeoutMs
-    return isolate(step, values, ms === undefined ? undefined : performance.now() + ms)
+    const budget = { runs: 8 * Math.ceil(Math.log2(values.length + 1)) + 8 }
+    return isolate(step, values, ms === undefined ? undefined : performance.now() + ms, budget)
   })
 
 const isolate = (
   step: BuiltStep,
   values: ReadonlyArray<unknown>,
-  deadline: number | undefined
+  deadline: number | undefined,
+  budget: { runs: number }
 ): Effect.Effect<ReadonlyArray<unknown>> =>
   Effect.exit(timed(step, values, deadline)).pipe(
     Effect.flatMap((exit): Effect.Effect<ReadonlyArray<unknown>> => {
       if (Exit.isSuccess(exit)) return Effect.succeed(exit.value)
       const failure = Cause.findErrorOption(exit.cause)
       if (failure._tag === "Some") return Effect.succeed(values.map(() => new Rejected(failure.value)))
-      if (values.length === 1) return Effect.succeed([defect(step.name, Cause.squash(exit.cause))])
+      if (values.length === 1 || budget.runs < 2) {
+        const rejected = defect(step.name, Cause.squash(exit.cause))
+        return Effect.succeed(values.map(() => rejected))
+      }
+      budget.runs -= 2
       const half = Math.ceil(values.length / 2)
       return Effect.zipWith(
-        isolate(step, values.slice(0, half), deadline),
-        isolate(step, values.slice(half), deadline),
+        isolate(step, values.slice(0, half), deadline, budget),
+        isolate(step, values.slice(half), deadline, budget),
         (a, b) => a.concat(b)
       )
     })
@@ -521,6 +528,7 @@ const matcher = (selections: ReadonlyArray<Selection>): (item: Selectable) => bo
     }
     const anyDevice = selection.devices === undefined || prefixes.includes("")
     return (item: Selectable) =>
+      typeof item === "object" && item !== null && // a non-object (past the types) is not selected
       (kinds === undefined || kinds.has(item.kind)) &&
       (anyDevice || exact.has(item.device) || prefixes.some((p) => item.device.startsWith(p)))
   })

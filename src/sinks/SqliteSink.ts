@@ -18,7 +18,7 @@ import { Worker } from "node:worker_threads"
 import type { Envelope } from "../domain/Envelope.ts"
 import { PermanentPersistenceError, TransientUpstreamError } from "../domain/Errors.ts"
 import { type DeadLetter, Outcome, Sink, type WriteResult } from "./Sink.ts"
-import { describe, openDatabase, packEnvelopes } from "./SqliteStore.ts"
+import { describe, openDatabase, packEnvelopes, safeJson } from "./SqliteStore.ts"
 import type { DeadLetterRequest, WriteReply, WriteRequest } from "./SqliteWriter.ts"
 
 /** Options of the SQLite sink. */
@@ -97,17 +97,20 @@ export const make = Effect.fn("SqliteSink.make")(function*(options: SqliteSinkOp
             )
         ))
       writer.postMessage(message)
+      // interrupted while waiting (shutdown): forget the reply, whenever it comes
+      return Effect.sync(() => pending.delete(message.id))
     })
 
   const write = (batch: ReadonlyArray<Envelope>): Effect.Effect<WriteResult, TransientUpstreamError | PermanentPersistenceError> =>
     Effect.suspend(() => {
       const packed = packEnvelopes(batch)
       if (packed.refused.size === 0) return request((id) => ({ id, rows: packed.text, count: packed.count }))
-      if (packed.count === 0) return Effect.succeed(withRefused(batch.length, packed.refused, EMPTY))
-      return Effect.map(
-        request((id) => ({ id, rows: packed.text, count: packed.count })),
-        (result) => withRefused(batch.length, packed.refused, result)
+      // what cannot be stored is refused alone, and kept as a dead letter (as the store does)
+      const keep = deadLetter([...packed.refused].map(([i, reason]) => ({ envelope: batch[i]!, reason }))).pipe(
+        Effect.catchCause(() => Effect.void)
       )
+      const sent = packed.count === 0 ? Effect.succeed(EMPTY) : request((id) => ({ id, rows: packed.text, count: packed.count }))
+      return Effect.map(Effect.andThen(keep, sent), (result) => withRefused(batch.length, packed.refused, result))
     })
 
   const deadLetter = (records: ReadonlyArray<DeadLetter>) =>
@@ -119,7 +122,7 @@ export const make = Effect.fn("SqliteSink.make")(function*(options: SqliteSinkOp
         seq: e.seq,
         kind: e.kind,
         reason,
-        envelope: JSON.stringify(e)
+        envelope: safeJson(e)
       }))
     })).pipe(
       Effect.asVoid,

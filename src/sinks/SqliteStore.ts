@@ -109,6 +109,22 @@ export const isRowRejection = (e: unknown): boolean => {
 export const isTransient = (e: unknown): boolean =>
   TRANSIENT_CODES.has((((e as { readonly errcode?: number }).errcode) ?? 1) & 0xff)
 
+/**
+ * JSON text of any value, for dead letters: what JSON cannot hold (a BigInt, a cycle) is written
+ * as a string instead of failing, so a message that cannot be stored can still be kept.
+ */
+export const safeJson = (value: unknown): string => {
+  const seen = new WeakSet<object>()
+  return JSON.stringify(value, (_key, v: unknown) => {
+    if (typeof v === "bigint") return `${v}n`
+    if (typeof v === "object" && v !== null) {
+      if (seen.has(v)) return "[cycle]"
+      seen.add(v)
+    }
+    return v
+  }) ?? "null"
+}
+
 /** The message of an unknown thrown value. */
 export const describe = (e: unknown): string => (e instanceof Error ? e.message : String(e))
 

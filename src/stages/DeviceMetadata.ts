@@ -89,11 +89,18 @@ const parse = (json: unknown): Effect.Effect<ReadonlyMap<string, DeviceInfo>, Tr
     return Effect.fail(new TransientUpstreamError({ sink: "device inventory", message: "unexpected answer: not a JSON object" }))
   }
   const known = new Map<string, DeviceInfo>()
+  let skipped = 0
   for (const [id, record] of Object.entries(json)) {
     const info = decodeInfo(record)
     if (info._tag === "Success") known.set(id, info.success)
+    else skipped++
   }
-  return Effect.succeed(known)
+  return skipped === 0
+    ? Effect.succeed(known)
+    : Effect.as(
+      Effect.logWarning("device inventory records skipped: not objects of strings").pipe(Effect.annotateLogs({ skipped })),
+      known
+    )
 }
 
 const pickKnown = (known: ReadonlyMap<string, DeviceInfo>, ids: ReadonlyArray<string>) => {
@@ -224,10 +231,10 @@ export const deviceMetadata = <A extends Envelope = Envelope>(
               (ids) =>
                 directory.lookup(ids).pipe(
                   Effect.tap((answer) =>
-                    Effect.sync(() => {
+                    Effect.map(Clock.currentTimeMillis, (answeredAt) => {
                       for (const id of ids) {
                         const info = answer.get(id) ?? null
-                        cache.set(id, info, now)
+                        cache.set(id, info, answeredAt) // the TTL counts from the answer
                         known.set(id, info)
                       }
                     })
@@ -240,7 +247,8 @@ export const deviceMetadata = <A extends Envelope = Envelope>(
             if (finished._tag === "None") {
               failure ??= new TransientUpstreamError({ sink: "device inventory", message: `no answer within ${lookupTimeoutMs} ms` })
             }
-            if (failure !== undefined) downUntil = now + retryAfterMs
+            // the pause counts from the failure, not from the chunk's start
+            if (failure !== undefined) downUntil = (yield* Clock.currentTimeMillis) + retryAfterMs
           }
           if (failure !== undefined) {
             let unanswered = 0
@@ -261,7 +269,7 @@ export const deviceMetadata = <A extends Envelope = Envelope>(
             if (info !== undefined) return { ...e, metadata: info }
             return reject && failure !== undefined ? Stage.reject(failure) : { ...e, metadata: null }
           })
-        }))
+        }), { timeoutMs: lookupTimeoutMs + 1_000 }) // it bounds its lookups itself; the margin is for the rest
     })
   )
 

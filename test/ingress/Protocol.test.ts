@@ -95,6 +95,16 @@ describe("framing", () => {
     expect(rows(g.dataDir, "dev-early-fatal").map((r) => r.seq)).toEqual([1])
   })
 
+  it("reads nothing after a bye sent with hello", async () => {
+    const g = await gateway()
+    const d = await connect(g)
+    d.send({ type: "hello", v: 1, device: "dev-early-bye", token: "t" }, telemetry(1), { type: "bye" }, telemetry(2))
+    expect((await d.next()).type).toBe("welcome")
+    expect(await d.next()).toMatchObject({ type: "ack", seq: 1 })
+    await d.closed
+    expect(rows(g.dataDir, "dev-early-bye").map((r) => r.seq)).toEqual([1])
+  })
+
   it("may answer several frames in one write and keeps the process up after bad input", async () => {
     const g = await gateway()
     const { d } = await open(g, "dev-many")

@@ -56,6 +56,11 @@ describe("answerOf", () => {
     })
   })
 
+  it("answers an error outside the taxonomy (past the types) like a bug, never not at all", () => {
+    const alien = { _tag: "SomethingElse", message: "?" } as unknown as ValidationError
+    expect(frame(Stage.reject(alien)).frame).toMatchObject({ type: "nack", seq: 7, code: "unavailable", retry: true })
+  })
+
   it("nacks a stage's bug unavailable with a longer retry hint", () => {
     const bug = new Stage.StageDefect({ stage: "s", message: "stage s failed: boom", cause: new Error("boom") })
     expect(frame(new Stage.Rejected(bug)).frame).toMatchObject({ code: "unavailable", retry: true, retryAfterMs: 5000 })

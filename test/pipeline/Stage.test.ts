@@ -83,6 +83,19 @@ describe("Stage", () => {
       expect(calls).toBeLessThanOrEqual(1 + 2 * Math.log2(1024)) // not one run per message
     }))
 
+  it.effect("chunk: a stage that fails on everything is not run once per message", () =>
+    Effect.gen(function*() {
+      let calls = 0
+      const stage = Stage.chunk("t-broken", (_: ReadonlyArray<Envelope>) =>
+        Effect.sync((): ReadonlyArray<Envelope> => {
+          calls++
+          throw new Error("always")
+        }), { timeoutMs: Infinity })
+      const outcome = yield* Effect.flatMap(Stage.build(stage), (r) => r.run(Array.from({ length: 1024 }, (_, i) => envelope(i))))
+      expect(fates(1024, outcome).every((f) => f === "t-broken:rejected:StageDefect")).toBe(true)
+      expect(calls).toBeLessThanOrEqual(1 + 8 * Math.ceil(Math.log2(1025)) + 8)
+    }))
+
   it.live("chunk: a stage slower than its timeout rejects its chunk with TransientUpstreamError", () =>
     Effect.gen(function*() {
       const stage = Stage.chunk("t-slow", (chunk: ReadonlyArray<Envelope>) =>

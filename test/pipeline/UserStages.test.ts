@@ -117,6 +117,11 @@ describe("user stages from the stages file", () => {
     expect(text).toContain('gateway_stage_errors_total{stage="unit-conversion",class="ValidationError"} 1')
   })
 
+  it("refuses a user stage that takes the name of one of the gateway's own", async () => {
+    const impostor = Stage.map("validate", (e: Envelope) => e)
+    await expect(startGateway({}, undefined, Pipeline.layer(impostor))).rejects.toThrow(/may not be named validate/)
+  })
+
   it("refuses to start on a stages file naming an unknown stage or bad options", async () => {
     const dir = tempDir("gw-stages-bad-")
     const file = Path.join(dir, "stages.json")
@@ -168,15 +173,24 @@ describe("user stages composed in code", () => {
 
   it("a stage that changes the key, or adds a value JSON cannot hold, costs only that message", async () => {
     const rogue = Stage.map("rogue", (e: Envelope) =>
-      e.seq === 2 ? { ...e, seq: 99 } : e.seq === 3 ? { ...e, counter: 10n } : e.seq === 4 ? { ...e, note: undefined } : e)
+      e.seq === 2 ? { ...e, seq: 99 } : e.seq === 3 ? { ...e, counter: 10n } : e.seq === 4 ? { ...e, note: undefined }
+      : e.seq === 5 ? { ...e, gateway: "forged\u0001row" }
+      : e.seq === 6 ? (null as unknown as Envelope) // past the types, as plain JS could
+      : e)
     const g = await startGateway({}, undefined, Pipeline.layer(rogue))
     running.push(g)
     const d = await open(g, "dev-rogue")
-    d.send(telemetry(1), telemetry(2), telemetry(3), telemetry(4))
-    const answers = await d.take(4)
+    d.send(telemetry(1), telemetry(2), telemetry(3), telemetry(4), telemetry(5), telemetry(6))
+    const answers = await d.take(6)
+    expect(answers[4]).toMatchObject({ type: "nack", seq: 5, code: "unavailable" })
+    expect(answers[5]).toMatchObject({ type: "nack", seq: 6, code: "unavailable" })
+    // what cannot be stored is kept as a dead letter, BigInt and all
+    const dead = deadLetters(g.dataDir)
+    expect(dead.map((r) => [r.seq, r.reason.includes("cannot be stored as JSON")])).toEqual([[3, true]])
+    expect(JSON.parse(dead[0]!.envelope)).toMatchObject({ seq: 3, counter: "10n" })
     expect(answers[0]).toEqual({ type: "ack", seq: 1 })
     expect(answers[1]).toMatchObject({ type: "nack", seq: 2, code: "unavailable", retry: true })
-    expect(String(answers[1]!["message"])).toContain("changed the message key")
+    expect(String(answers[1]!["message"])).toContain("a stage changed what it may not")
     expect(answers[2]).toMatchObject({ type: "nack", seq: 3, code: "invalid" })
     expect(String(answers[2]!["message"])).toContain("BigInt")
     expect(answers[3]).toEqual({ type: "ack", seq: 4 })

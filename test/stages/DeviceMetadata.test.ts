@@ -500,6 +500,25 @@ describe("deviceMetadata under a slow or strict inventory (real HTTP)", () => {
       expect(inv.urlLengths.length).toBe(before)
     }))
 
+  it.live("a hung inventory: stale records and nulls within lookupTimeoutMs, then a pause counted from the failure", () =>
+    Effect.gen(function*() {
+      const inv = yield* Effect.acquireRelease(Effect.promise(() => startSlow(5_000)), (i) => Effect.promise(() => i.close()))
+      // a pause shorter than the lookup timeout would be over before the failure, if counted from the start
+      const runner = yield* Stage.build(deviceMetadata({ lookupTimeoutMs: 300, retryAfterMs: 200, ttlMs: 1 })).pipe(
+        Effect.provide(DeviceDirectory.http({ url: inv.url, timeoutMs: 10_000 }))
+      )
+      yield* runner.run([telemetry("fast-1", 1)]) // cached, and soon expired (ttl 1 ms)
+      yield* Effect.sleep("5 millis")
+      const started = Date.now()
+      const hung = yield* runner.run([telemetry("fast-1", 2), telemetry("slow-1", 3)])
+      expect(Date.now() - started).toBeLessThan(1_000)
+      expect(hung.stops).toEqual([])
+      expect(metadataOf(hung.passed)).toEqual([["fast-1", { site: "fast" }], ["slow-1", null]]) // the expired record beats none
+      const asked = inv.urlLengths.length
+      yield* runner.run([telemetry("slow-2", 4)]) // right after the failure: paused, no request
+      expect(inv.urlLengths.length).toBe(asked)
+    }))
+
   it.live("splits long ids into requests whose query stays under 4,000 characters", () =>
     Effect.gen(function*() {
       const inv = yield* Effect.acquireRelease(Effect.promise(() => startSlow(0)), (i) => Effect.promise(() => i.close()))
