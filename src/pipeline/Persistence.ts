@@ -41,6 +41,9 @@ export const layer = Layer.effectDiscard(Effect.gen(function*() {
     return yield* new PipelineError({ message: `user stages may not be named ${taken.join(", ")}: the gateway's own stages are` })
   }
   const committer = yield* Stage.build(commit, { spans: tracer.enabled })
+  yield* Effect.logInfo("pipeline").pipe(
+    Effect.annotateLogs({ ingest: ["validate", "dedup"], stages: [...user.names, ...committer.names] })
+  )
 
   const answer = (batch: ReadonlyArray<InFlight>, ends: Ends) => {
     const now = performance.now()
