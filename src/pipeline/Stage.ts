@@ -116,8 +116,8 @@ export interface Stage<in In, out Out, out E = never, out R = never> extends Pip
   readonly steps: ReadonlyArray<StepDef>
 }
 
-/** Any stage. */
-export type Any = Stage<never, unknown, unknown, unknown>
+/** Any stage (for implementations). */
+type Any = Stage<never, unknown, unknown, unknown>
 
 /** Primitive stages before they are built (one, or the stages an {@link unwrap} makes). */
 interface StepDef {

@@ -70,7 +70,7 @@ export const catalog: Readonly<Record<string, Entry>> = {
 }
 
 /** The user stages described by `specs`, in order. */
-export const fromSpecs = (specs: ReadonlyArray<StageSpec>): Effect.Effect<UserStages, StagesFileError, Scope.Scope> =>
+const fromSpecs = (specs: ReadonlyArray<StageSpec>): Effect.Effect<UserStages, StagesFileError, Scope.Scope> =>
   Effect.gen(function*() {
     let pipeline: UserStages = Stage.identity<Envelope>()
     for (const [i, spec] of specs.entries()) {
