@@ -23,7 +23,7 @@ const { values: args } = parseArgs({
   options: {
     seconds: { type: "string", default: "10" },
     only: { type: "string" },
-    "semi-space": { type: "string", default: "16" },
+    "semi-space": { type: "string", default: "8" },
     "old-space": { type: "string" }
   }
 })
