@@ -18,10 +18,10 @@ import * as Fs from "node:fs/promises"
 export const StageSpec = Schema.Struct({
   /** The catalog name of the stage. */
   stage: Schema.String.check(Schema.isMinLength(1)),
-  /** Kinds it applies to (default: all). */
-  kinds: Schema.optionalKey(Schema.Array(Schema.Literals(["telemetry", "event"]))),
-  /** Devices it applies to: exact ids or `prefix*` (default: all). */
-  devices: Schema.optionalKey(Schema.Array(Schema.String.check(Schema.isMinLength(1)))),
+  /** Kinds it applies to (default: all; an empty list would select nothing, so it is refused). */
+  kinds: Schema.optionalKey(Schema.Array(Schema.Literals(["telemetry", "event"])).check(Schema.isMinLength(1))),
+  /** Devices it applies to: exact ids or `prefix*` (default: all; not empty). */
+  devices: Schema.optionalKey(Schema.Array(Schema.String.check(Schema.isMinLength(1))).check(Schema.isMinLength(1))),
   /** The stage's own options, checked by the stage's Schema. */
   options: Schema.optionalKey(Schema.Unknown)
 })

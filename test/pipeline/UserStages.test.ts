@@ -139,7 +139,8 @@ describe("user stages from the stages file", () => {
       [{ stage: "threshold", typo: 1, options: { limits: [] } }, /typo/],
       [{ stage: "device-metadata", options: { url: "inventory.local/devices" } }, /expected an http:\/\/ or https:\/\/ URL/],
       [{ stage: "device-metadata", options: { url: "http://x/", file: "/tmp/x.json" } }, /not both/],
-      [{ stage: "device-metadata", options: {} }, /needs `url` or `file`/]
+      [{ stage: "device-metadata", options: {} }, /needs `url` or `file`/],
+      [{ stage: "threshold", kinds: [], options: { limits: [] } }, /kinds/]
     ] as const
     for (const [spec, message] of refused) {
       Fs.writeFileSync(file, JSON.stringify({ stages: [spec] }))
