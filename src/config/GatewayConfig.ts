@@ -6,9 +6,12 @@
 import { Config, ConfigProvider, Context, Effect, Layer, Option, Schema } from "effect"
 import * as Os from "node:os"
 
+/** Decimal integers only: `0x10`, `1e3` or ` 7` are refused, not read as numbers. */
 const int = (name: string, fallback: number, min: number, max = Number.MAX_SAFE_INTEGER) =>
   Config.schema(
-    Schema.NumberFromString.check(
+    Schema.String.check(Schema.isPattern(/^-?\d{1,16}$/, { message: `expected an integer from ${min} to ${max}` })).pipe(
+      Schema.decodeTo(Schema.NumberFromString)
+    ).check(
       Schema.isInt({ message: `expected an integer from ${min} to ${max}` }),
       Schema.isBetween({ minimum: min, maximum: max }, { message: `expected an integer from ${min} to ${max}` })
     ),
@@ -47,8 +50,37 @@ export const gatewayConfig = Config.all({
   dedupDevices: int("GATEWAY_DEDUP_DEVICES", 100_000, 1),
   drainTimeoutMs: int("GATEWAY_DRAIN_TIMEOUT_MS", 10_000, 0),
   sqliteSync: Config.Literals(["normal", "full"], "GATEWAY_SQLITE_SYNC").pipe(Config.withDefault("normal" as const)),
-  storeRetries: int("GATEWAY_STORE_RETRIES", 5, 0, 100)
+  storeRetries: int("GATEWAY_STORE_RETRIES", 5, 0, 100),
+  /** Bytes that frames may hold node-wide (lanes, held events, batches, connection buffers). */
+  memoryBudget: int("GATEWAY_MEMORY_BUDGET", defaultMemoryBudget(), 1 << 20),
+  /** Percent of the budget above which telemetry is shed and loaded connections stop reading. */
+  memoryHighPercent: int("GATEWAY_MEMORY_HIGH_PERCENT", 80, 10, 100),
+  /** Bytes of unanswered frames one connection may hold before it stops reading. */
+  connectionMaxBytes: int("GATEWAY_CONNECTION_MAX_BYTES", 8 * 1024 * 1024, 64 * 1024),
+  /** Bytes per sink batch at most (one frame more when a single frame is larger). */
+  batchMaxBytes: int("GATEWAY_BATCH_MAX_BYTES", 4 * 1024 * 1024, 64 * 1024),
+  /** New connections admitted per second (token bucket), and the bucket's size. */
+  acceptRate: int("GATEWAY_ACCEPT_RATE", 2_000, 1),
+  acceptBurst: int("GATEWAY_ACCEPT_BURST", 2_000, 1),
+  /** Per-device rate limits (0 = none), unless the registry gives the device's class others. */
+  deviceMsgsPerSec: int("GATEWAY_DEVICE_MSGS_PER_SEC", 5_000, 0),
+  deviceBytesPerSec: int("GATEWAY_DEVICE_BYTES_PER_SEC", 8 * 1024 * 1024, 0),
+  /** Flapping: more than `flapLimit` connections of one device within `flapWindowMs` bans it for `flapBanMs`. */
+  flapLimit: int("GATEWAY_FLAP_LIMIT", 20, 1),
+  flapWindowMs: int("GATEWAY_FLAP_WINDOW_MS", 60_000, 100),
+  flapBanMs: int("GATEWAY_FLAP_BAN_MS", 60_000, 100),
+  /** Secret that signs the resume hint of `goaway` (shared by the nodes of a fleet); default: kept in the data dir. */
+  resumeSecret: Config.option(Config.Redacted("GATEWAY_RESUME_SECRET")),
+  /** Worker processes on the device port (1 = this process alone). */
+  workers: int("GATEWAY_WORKERS", 1, 1, 256),
+  /** Bind the device port with SO_REUSEPORT (set by the primary for its workers). */
+  reusePort: Config.Boolean("GATEWAY_REUSE_PORT").pipe(Config.withDefault(false))
 })
+
+/** Default memory budget: an eighth of the machine's memory, between 64 MiB and 512 MiB. */
+function defaultMemoryBudget(): number {
+  return Math.min(512 * 1024 * 1024, Math.max(64 * 1024 * 1024, Math.floor(Os.totalmem() / 8)))
+}
 
 /** The resolved configuration. */
 export type GatewayConfigShape = Config.Success<typeof gatewayConfig> & {

@@ -71,7 +71,7 @@ export class Listener extends Context.Service<Listener, ListenerShape>()("gatewa
 
       const port = yield* Effect.callback<number, Error>((resume) => {
         server.once("error", (e) => resume(Effect.fail(e)))
-        server.listen({ host: config.host, port: config.port }, () => {
+        server.listen({ host: config.host, port: config.port, reusePort: config.reusePort }, () => {
           const address = server.address()
           resume(Effect.succeed(typeof address === "object" && address !== null ? address.port : config.port))
         })
