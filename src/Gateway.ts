@@ -5,6 +5,8 @@
  * stage empties the lanes, then the sink flushes and closes.
  */
 import { type Config, Effect, Layer } from "effect"
+import { Admission } from "./admission/Admission.ts"
+import { MemoryBudget } from "./admission/MemoryBudget.ts"
 import { DeviceAuth } from "./auth/DeviceRegistry.ts"
 import { GatewayConfig } from "./config/GatewayConfig.ts"
 import { Listener } from "./ingress/Listener.ts"
@@ -49,10 +51,11 @@ export const layer = <E = never>(
     Layer.provideMerge(Listener.layer),
     Layer.provideMerge(Admin.layer),
     Layer.provideMerge(Persistence.layer),
+    Layer.provideMerge(Admission.layer),
     Layer.provideMerge(
       Layer.mergeAll(Lanes.layer, Dedup.layer, SessionRegistry.layer, DeviceAuth.layer, tracing, stages)
     ),
-    Layer.provideMerge(Layer.merge(sink, Lifecycle.layer)),
+    Layer.provideMerge(Layer.mergeAll(sink, Lifecycle.layer, MemoryBudget.layer)),
     Layer.provideMerge(config)
   )
 }

@@ -13,19 +13,35 @@ import { GatewayConfig } from "../config/GatewayConfig.ts"
 import { AuthError } from "../domain/Errors.ts"
 import { DeviceId, type Kind } from "../domain/Frames.ts"
 
-/** One registry entry as stored in the file. */
+/** One registry entry as stored in the file; `class` names its rate limits in `classes`. */
 export const DeviceEntry = Schema.Struct({
   id: DeviceId,
   salt: Schema.String.check(Schema.isPattern(/^[0-9a-f]{32}$/)),
   hash: Schema.String.check(Schema.isPattern(/^[0-9a-f]{64}$/)),
-  kinds: Schema.Array(Schema.Literals(["telemetry", "event"]))
+  kinds: Schema.Array(Schema.Literals(["telemetry", "event"])),
+  class: Schema.optionalKey(Schema.String)
 })
 export type DeviceEntry = typeof DeviceEntry.Type
 
-/** The registry file: `{ "devices": [ ... ] }`. */
-export const RegistryFile = Schema.Struct({ devices: Schema.Array(DeviceEntry) })
+const PerSecond = Schema.Int.check(Schema.isGreaterThanOrEqualTo(0))
 
-const ALL_KINDS: ReadonlySet<Kind> = new Set(["telemetry", "event"])
+/** Rate limits of a device class (0 = unlimited). */
+export const RateLimits = Schema.Struct({ msgsPerSec: PerSecond, bytesPerSec: PerSecond })
+export type RateLimits = typeof RateLimits.Type
+
+/** The registry file: `{ "devices": [ ... ], "classes": { "<name>": { msgsPerSec, bytesPerSec } } }`. */
+export const RegistryFile = Schema.Struct({
+  devices: Schema.Array(DeviceEntry),
+  classes: Schema.optionalKey(Schema.Record(Schema.String, RateLimits))
+})
+
+/** What an authenticated device may do: the kinds it may send, and its class's rate limits (else the configured default). */
+export interface Grant {
+  readonly kinds: ReadonlySet<Kind>
+  readonly limits: RateLimits | undefined
+}
+
+const OPEN: Grant = { kinds: new Set(["telemetry", "event"]), limits: undefined }
 
 /** Hash of a token with a salt (hex), as stored in the registry. */
 export const hashToken = (salt: string, token: string): string =>
@@ -40,8 +56,8 @@ export const newEntry = (id: string, kinds: ReadonlyArray<Kind>): { readonly ent
 
 /** What the connections ask: may this device connect, and which kinds may it send? */
 export interface DeviceAuthShape {
-  /** Checks a hello's credential; the success is the set of kinds the device may send. */
-  readonly authenticate: (device: string, token: string) => Result.Result<ReadonlySet<Kind>, AuthError>
+  /** Checks a hello's credential; the success is what the device may do. */
+  readonly authenticate: (device: string, token: string) => Result.Result<Grant, AuthError>
 }
 
 /** The authentication service. */
@@ -55,7 +71,7 @@ export class DeviceAuth extends Context.Service<DeviceAuth, DeviceAuthShape>()("
         yield* Effect.logWarning(
           "no device registry (GATEWAY_DEVICES): accepting every device, listening on loopback only"
         ).pipe(Effect.annotateLogs({ host: config.host }))
-        return DeviceAuth.of({ authenticate: () => Result.succeed(ALL_KINDS) })
+        return DeviceAuth.of({ authenticate: () => Result.succeed(OPEN) })
       }
       const entries = yield* loadRegistry(config.devicesFile.value)
       yield* Effect.logInfo("device registry loaded").pipe(Effect.annotateLogs({ devices: entries.size }))
@@ -67,17 +83,17 @@ export class DeviceAuth extends Context.Service<DeviceAuth, DeviceAuthShape>()("
 interface Compiled {
   readonly salt: string
   readonly hash: Buffer
-  readonly kinds: ReadonlySet<Kind>
+  readonly grant: Grant
 }
 
-const DUMMY: Compiled = { salt: "00".repeat(16), hash: Buffer.alloc(32), kinds: new Set() }
+const DUMMY: Compiled = { salt: "00".repeat(16), hash: Buffer.alloc(32), grant: { kinds: new Set(), limits: undefined } }
 
 const check = (entries: ReadonlyMap<string, Compiled>, device: string, token: string) => {
   const entry = entries.get(device)
   const candidate = Buffer.from(hashToken((entry ?? DUMMY).salt, token), "hex")
   const match = Crypto.timingSafeEqual(candidate, (entry ?? DUMMY).hash)
   return entry !== undefined && match
-    ? Result.succeed(entry.kinds)
+    ? Result.succeed(entry.grant)
     : Result.fail(new AuthError({ reason: "credential", message: "unknown device or bad token" }))
 }
 
@@ -93,7 +109,18 @@ export const loadRegistry = (path: string) =>
         (e) => new Error(`GATEWAY_DEVICES: ${path} is not a device registry: ${e.message.replace(/\s*\n\s*/g, " ")}`)
       )
     ),
-    Effect.map((file) =>
-      new Map(file.devices.map((d) => [d.id, { salt: d.salt, hash: Buffer.from(d.hash, "hex"), kinds: new Set(d.kinds) }]))
-    )
+    Effect.flatMap((file) => {
+      const classes = file.classes ?? {}
+      const unknown = file.devices.find((d) => d.class !== undefined && !Object.hasOwn(classes, d.class))
+      if (unknown !== undefined) {
+        return Effect.fail(new Error(`GATEWAY_DEVICES: ${path}: device ${unknown.id} names class ${JSON.stringify(unknown.class)}, which "classes" does not define`))
+      }
+      return Effect.succeed(
+        new Map(file.devices.map((d) => [d.id, {
+          salt: d.salt,
+          hash: Buffer.from(d.hash, "hex"),
+          grant: { kinds: new Set(d.kinds), limits: d.class === undefined ? undefined : classes[d.class] }
+        }]))
+      )
+    })
   )

@@ -60,7 +60,9 @@ export const Hello = Schema.Struct({
   v: Schema.Literal(PROTOCOL_VERSION),
   device: DeviceId,
   token: Schema.String.check(Schema.isMaxLength(4096)),
-  epoch: Schema.optionalKey(SafeUint)
+  epoch: Schema.optionalKey(SafeUint),
+  /** The resume hint of the `goaway` that moved the device here (our addition; optional). */
+  resume: Schema.optionalKey(Schema.String.check(Schema.isMaxLength(64)))
 })
 export type Hello = typeof Hello.Type
 
@@ -201,9 +203,12 @@ export const nackFrame = (seq: number, code: NackCode, message: string, retryAft
 /** `pong`: the answer to `ping`. */
 export const PONG = `{"type":"pong"}\n`
 
-/** `goaway`: the gateway is draining; reconnect after `retryAfterMs`. */
-export const goawayFrame = (retryAfterMs: number) =>
-  `{"type":"goaway","reason":"shutdown","retryAfterMs":${retryAfterMs}}\n`
+/**
+ * `goaway`: the gateway is draining; reconnect after `retryAfterMs`. `resume` (our addition) is
+ * a hint the device may send back in its next hello to be admitted ahead of new devices.
+ */
+export const goawayFrame = (retryAfterMs: number, resume?: string) =>
+  `{"type":"goaway","reason":"shutdown","retryAfterMs":${retryAfterMs}${resume === undefined ? "" : `,"resume":"${resume}"`}}\n`
 
 /** `error`: fatal for the connection; the gateway closes after it. */
 export const errorFrame = (code: ErrorCode, message: string, retryAfterMs?: number) =>

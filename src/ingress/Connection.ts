@@ -1,17 +1,26 @@
 /**
- * One device connection: framing → hello/auth → decode → ingest stages (validate+normalize,
+ * One device connection: hello (read by a small bounded reader, before an absolute deadline)
+ * → auth → admission → framing → decode → rate limits → ingest stages (validate+normalize,
  * dedup) → lane. The connection is one fiber that pulls a socket chunk, handles every frame of
  * it with plain synchronous code (no Effect per frame; the ingest stages run synchronously on
  * the chunk's data frames), and suspends only to apply backpressure: while its
  * in-flight window (`GATEWAY_MAX_INFLIGHT`) or its output buffer is full it does not read.
  * Pings are answered inline, never queued behind data; events that find the critical lane full
  * wait in this connection (a pump fiber offers them, in order) while reading goes on until the
- * window fills. Answers leave in send order ({@link OrderedAnswers}).
+ * window fills. Answers leave in send order ({@link OrderedAnswers}). Every message is charged
+ * its estimated heap cost against the node's memory budget from its frame's arrival until its
+ * answer; a connection stops reading while its own unanswered bytes exceed
+ * `GATEWAY_CONNECTION_MAX_BYTES`, or while it has unanswered frames and the node is above the
+ * budget's high watermark (connections with nothing in flight keep reading, so their pings are
+ * answered).
  */
 import { Effect, Result } from "effect"
 import type * as Net from "node:net"
 import { isUtf8 } from "node:buffer"
 import { randomUUID } from "node:crypto"
+import type { AdmissionShape } from "../admission/Admission.ts"
+import { DeviceRateLimit } from "../admission/DeviceRateLimit.ts"
+import { type Budget, messageCost } from "../admission/MemoryBudget.ts"
 import type { GatewayConfigShape } from "../config/GatewayConfig.ts"
 import type { DeviceAuthShape } from "../auth/DeviceRegistry.ts"
 import type { Envelope } from "../domain/Envelope.ts"
@@ -25,6 +34,8 @@ import type { InFlight, LanesShape, Replier } from "../pipeline/Lanes.ts"
 import type { Runner } from "../pipeline/Stage.ts"
 import type { RawData } from "../pipeline/Validate.ts"
 import type { SinkShape } from "../sinks/Sink.ts"
+import { closeGracefully } from "./Closing.ts"
+import { HELLO_MAX_BYTES, HelloReader } from "./HelloReader.ts"
 import { LineFramer } from "./LineFramer.ts"
 import { OrderedAnswers } from "./OrderedAnswers.ts"
 import type { Replaceable, Sessions } from "./Sessions.ts"
@@ -40,12 +51,12 @@ export interface ConnectionEnv {
   readonly sink: SinkShape
   readonly tracer: MessageTracerShape
   readonly lifecycle: LifecycleShape
+  readonly budget: Budget
+  readonly admission: AdmissionShape
 }
 
 /** Above this many unsent output bytes the connection stops reading until the socket drains. */
 const MAX_OUTPUT_BYTES = 1 << 20
-/** Frames accepted before welcome (hello pipelined with data), at most. */
-const MAX_EARLY_FRAMES = 4096
 /** How long a device should wait before reconnecting after `goaway`. */
 const GOAWAY_RETRY_MS = 1_000
 
@@ -54,17 +65,24 @@ type State = "hello" | "authenticating" | "open" | "closing" | "closed"
 /** The protocol state machine of one socket; its `run` is the connection's fiber. */
 export class Connection implements Replier, Replaceable {
   private state: State = "hello"
+  private readonly hello = new HelloReader()
+  /** The hello line, between its arrival and the session's opening. */
+  private helloText = ""
+  private helloTimer: ReturnType<typeof setTimeout> | undefined = undefined
+  /** The hello deadline passed while a read was still waiting to be looked at. */
+  private helloExpired = false
   private readonly framer: LineFramer
   private readonly answers = new OrderedAnswers()
   private device = ""
   private epoch = 0
   private kinds: ReadonlySet<Kind> = new Set()
-  private early: Array<string> = []
+  private limiter: DeviceRateLimit | undefined = undefined
   /** Events waiting for room in the critical lane, in send order. */
   private held: Array<InFlight> = []
   /** Data frames of the current socket read, waiting for the ingest stages, and their tickets. */
   private readonly raws: Array<RawData> = []
   private readonly tickets: Array<number> = []
+  private readonly sizes: Array<number> = []
   private pumping = false
   private draining = false
   private offered = 0
@@ -72,6 +90,8 @@ export class Connection implements Replier, Replaceable {
   private chunks: Array<Buffer> = []
   private ended = false
   private waiter: (() => void) | undefined = undefined
+  /** `wake`, bound once (the memory budget calls it on relief). */
+  private readonly wakeUp = () => this.wake()
   private result: Metrics.ConnectionResult = "closed"
   /** Arrival time of the chunk being handled: `performance.now()` and epoch ms. */
   private arrivedAt = 0
@@ -102,7 +122,8 @@ export class Connection implements Replier, Replaceable {
     s.on("drain", () => this.wake())
     s.on("timeout", () => this.onTimeout())
     s.setNoDelay(true)
-    s.setTimeout(this.env.config.helloTimeoutMs)
+    // absolute, from the accept: bytes that are not a hello (a blank line every second) do not extend it
+    this.helloTimer = setTimeout(() => this.onHelloDeadline(), this.env.config.helloTimeoutMs)
     s.resume()
     return this.loop
   }).pipe(
@@ -156,18 +177,29 @@ export class Connection implements Replier, Replaceable {
     this.waiter?.()
   }
 
-  /** The state, read afresh (it changes under calls the compiler cannot follow). */
-  private isOpen(): boolean {
-    return this.state === "open"
+  private hasRoom(): boolean {
+    const a = this.answers
+    const { config, budget } = this.env
+    if (a.inflight >= config.maxInflight || this.socket.writableLength >= MAX_OUTPUT_BYTES) return false
+    if (a.pendingBytes >= config.connectionMaxBytes) return false
+    if (a.inflight > 0 && budget.isHigh()) {
+      budget.onRelief(this.wakeUp)
+      return false
+    }
+    return true
   }
 
-  private hasRoom(): boolean {
-    return this.answers.inflight < this.env.config.maxInflight && this.socket.writableLength < MAX_OUTPUT_BYTES
+  /** Bytes this connection holds in buffers: the unfinished hello or frame, a pending read, unsent answers. */
+  get bufferedBytes(): number {
+    let n = this.hello.bufferedBytes + this.framer.bufferedBytes + this.socket.writableLength + this.out.length
+    for (const c of this.chunks) n += c.length
+    return n
   }
 
   // ---- frames ----
 
   private process(chunk: Buffer): void {
+    if (this.state === "hello") return this.readHello(chunk)
     // every frame of a chunk arrived at the same moment: read the clocks once per chunk
     this.arrivedAt = performance.now()
     this.receivedAt = Date.now()
@@ -178,23 +210,45 @@ export class Connection implements Replier, Replaceable {
     }
   }
 
-  private onFrame(buf: Buffer, start: number, end: number): void {
-    if (this.state === "closed" || this.state === "closing") return
-    const bytes = buf.subarray(start, end)
-    if (!isUtf8(bytes)) return this.fatal("protocol", "frame is not valid UTF-8", "protocol_error")
-    const text = bytes.toString("utf8")
-    if (this.state !== "open") {
-      if (this.early.length >= MAX_EARLY_FRAMES) {
-        return this.fatal("protocol", "too many frames before welcome", "protocol_error")
-      }
-      this.early.push(text)
-      if (this.state === "hello") this.state = "authenticating"
+  /** Before welcome: only the hello is read (a few KB at most); what follows waits for the session. */
+  private readHello(chunk: Buffer): void {
+    const read = this.hello.push(chunk)
+    if (read._tag === "Pending") {
+      if (this.helloExpired) this.fatal("timeout", "no hello in time", "timeout")
       return
     }
-    this.handle(text)
+    if (read._tag === "TooLarge") {
+      return this.fatal("protocol", `first line exceeds ${HELLO_MAX_BYTES} bytes: not a hello`, "protocol_error")
+    }
+    clearTimeout(this.helloTimer)
+    if (!isUtf8(read.line)) return this.fatal("protocol", "frame is not valid UTF-8", "protocol_error")
+    this.helloText = read.line.toString("utf8")
+    if (read.rest !== undefined) this.chunks.unshift(read.rest)
+    this.state = "authenticating"
   }
 
-  private handle(text: string): void {
+  private onHelloDeadline(): void {
+    if (this.state !== "hello") return
+    // a read that arrived in time but waits behind a busy event loop is still judged: look after
+    // the poll phase, and if a read is queued, let the loop decide once it has looked at it
+    setImmediate(() => {
+      if (this.state !== "hello") return
+      if (this.chunks.length > 0) {
+        this.helloExpired = true
+        return
+      }
+      this.fatal("timeout", "no hello in time", "timeout")
+    })
+  }
+
+  private onFrame(buf: Buffer, start: number, end: number): void {
+    if (this.state !== "open") return
+    const bytes = buf.subarray(start, end)
+    if (!isUtf8(bytes)) return this.fatal("protocol", "frame is not valid UTF-8", "protocol_error")
+    this.handle(bytes.toString("utf8"), end - start)
+  }
+
+  private handle(text: string, size: number): void {
     let frame: unknown
     try {
       frame = JSON.parse(text)
@@ -208,7 +262,7 @@ export class Connection implements Replier, Replaceable {
     switch (type) {
       case "telemetry":
       case "event":
-        return this.onData(type, frame)
+        return this.onData(type, frame, size)
       case "ping":
         this.out += PONG
         return
@@ -222,18 +276,26 @@ export class Connection implements Replier, Replaceable {
     }
   }
 
-  private onData(kind: Kind, frame: object): void {
+  private onData(kind: Kind, frame: object, size: number): void {
     const seq = (frame as { readonly seq?: unknown }).seq
     if (typeof seq !== "number" || !Number.isSafeInteger(seq) || seq < 0) {
       return this.fatal("protocol", "data frame without a valid seq (integer 0..2^53-1): it cannot be answered", "protocol_error")
     }
-    const ticket = this.answers.open()
+    const wait = this.limiter === undefined || this.draining ? 0 : this.limiter.admit(size, this.receivedAt)
+    if (wait > 0) {
+      this.answers.resolve(this.answers.open(), nackFrame(seq, "rate_limited", "device over its rate limit", wait))
+      Metrics.record(Metrics.errors("OverloadError"), 1)
+      return Metrics.record(Metrics.messages(kind, "rate_limited"), 1)
+    }
+    const cost = messageCost(size)
+    const ticket = this.answers.open(cost)
+    this.env.budget.charge(cost)
     if (this.draining) {
-      this.answers.resolve(ticket, nackFrame(seq, "unavailable", "gateway is draining: reconnect", GOAWAY_RETRY_MS))
+      this.resolve(ticket, nackFrame(seq, "unavailable", "gateway is draining: reconnect", GOAWAY_RETRY_MS))
       return Metrics.record(Metrics.messages(kind, "unavailable"), 1)
     }
     if (!this.kinds.has(kind)) {
-      this.answers.resolve(ticket, nackFrame(seq, "forbidden", `device may not send ${kind}`))
+      this.resolve(ticket, nackFrame(seq, "forbidden", `device may not send ${kind}`))
       Metrics.record(Metrics.errors("AuthError"), 1)
       return Metrics.record(Metrics.messages(kind, "forbidden"), 1)
     }
@@ -247,6 +309,7 @@ export class Connection implements Replier, Replaceable {
       gateway: this.env.config.gatewayId
     })
     this.tickets.push(ticket)
+    this.sizes.push(size)
   }
 
   /**
@@ -264,7 +327,7 @@ export class Connection implements Replier, Replaceable {
       for (let j = 0; j < stops.length; j++) {
         const raw = raws[stoppedAt[j]!]!
         const answer = answerOf(raw.seq, stops[j]!, raw.kind)
-        this.answers.resolve(tickets[stoppedAt[j]!]!, answer.frame)
+        this.resolve(tickets[stoppedAt[j]!]!, answer.frame)
         tally.add(raw.kind, answer.outcome)
         tally.addError(stops[j]!)
       }
@@ -275,10 +338,12 @@ export class Connection implements Replier, Replaceable {
       const traced = env.tracer.enabled
         ? env.tracer.start(validated.kind, validated.device, validated.seq, validated.traceparent ?? undefined)
         : undefined
+      const at = passedAt === undefined ? i : passedAt[i]!
       const item: InFlight = {
         envelope: traced === undefined ? validated : { ...validated, traceparent: traced.traceparent },
         replier: this,
-        ticket: tickets[passedAt === undefined ? i : passedAt[i]!]!,
+        ticket: tickets[at]!,
+        bytes: this.sizes[at]!,
         arrivedAt: this.arrivedAt,
         span: traced?.span
       }
@@ -289,6 +354,7 @@ export class Connection implements Replier, Replaceable {
     // the arrays are reused for the next socket read (nothing above keeps them)
     raws.length = 0
     tickets.length = 0
+    this.sizes.length = 0
   }
 
   /**
@@ -320,33 +386,37 @@ export class Connection implements Replier, Replaceable {
   // ---- session ----
 
   private readonly openSession: Effect.Effect<void> = Effect.gen({ self: this }, function*() {
-    const hello = this.parseHello(this.early.shift()!)
+    const hello = this.parseHello(this.helloText)
+    this.helloText = ""
     if (hello === undefined) return
-    const { config, auth, sessions, sink } = this.env
+    const { config, auth, sessions, sink, admission } = this.env
     const authed = auth.authenticate(hello.device, hello.token)
     if (Result.isFailure(authed)) {
       Metrics.record(Metrics.errors("AuthError"), 1)
       return this.fatal("auth", authed.failure.message, "auth_failed")
     }
     if (this.env.lifecycle.isDraining()) return this.fatal("shutdown", "gateway is shutting down", "shutdown")
+    const now = Date.now()
+    const refusal = admission.atHello(hello.device, hello.resume, now)
+    if (refusal !== undefined) {
+      Metrics.record(Metrics.errors("OverloadError"), 1)
+      return this.fatal("busy", refusal.message, "busy", refusal.retryAfterMs)
+    }
     const lastSeq = yield* Effect.orElseSucceed(sink.lastSeq(hello.device, hello.epoch ?? 0), () => null)
     if (this.state === "closed") return
     this.device = hello.device
     this.epoch = hello.epoch ?? 0
-    this.kinds = authed.success
+    this.kinds = authed.success.kinds
+    this.limiter = DeviceRateLimit.of(
+      authed.success.limits ?? { msgsPerSec: config.deviceMsgsPerSec, bytesPerSec: config.deviceBytesPerSec },
+      now
+    )
     sessions.claim(this.device, this)
     this.state = "open"
     this.socket.setTimeout(Math.ceil(config.keepaliveMs * 1.5))
     this.out += welcomeFrame(randomUUID(), config.keepaliveMs, config.maxFrameBytes, lastSeq)
     Metrics.record(Metrics.connections("accepted"), 1)
     yield* Effect.annotateCurrentSpan({ "device.id": this.device, "device.epoch": this.epoch })
-    const early = this.early
-    this.early = []
-    for (const text of early) {
-      if (!this.isOpen()) break // after a fatal frame or a bye, what follows is not read
-      this.handle(text)
-    }
-    this.ingest()
   })
 
   private parseHello(text: string) {
@@ -366,9 +436,10 @@ export class Connection implements Replier, Replaceable {
 
   // ---- answers (Replier) ----
 
-  /** Records the answer of one message (from this connection or the persistence stage). */
+  /** Records the answer of one message (from this connection or the persistence stage); its bytes leave the budget. */
   resolve(ticket: number, frame: string): void {
-    this.answers.resolve(ticket, frame)
+    const freed = this.answers.resolve(ticket, frame)
+    if (freed > 0) this.env.budget.release(freed)
   }
 
   /** Writes every answer that is in order, plus any pending inline frames. */
@@ -391,7 +462,8 @@ export class Connection implements Replier, Replaceable {
   goaway(): void {
     if (this.state === "closed" || this.draining) return
     this.draining = true
-    this.out += goawayFrame(GOAWAY_RETRY_MS + Math.floor(Math.random() * GOAWAY_RETRY_MS))
+    const resume = this.device === "" ? undefined : this.env.admission.resumeHint(this.device, Date.now())
+    this.out += goawayFrame(GOAWAY_RETRY_MS + Math.floor(Math.random() * GOAWAY_RETRY_MS), resume)
     this.flush()
   }
 
@@ -415,8 +487,8 @@ export class Connection implements Replier, Replaceable {
       // silence we caused (we stopped reading, or are answering a bye) is not the device's
       s.setTimeout(Math.ceil(this.env.config.keepaliveMs * 1.5))
       return
-    } else {
-      this.fatal("timeout", this.state === "open" ? "no frame within keepalive" : "no hello in time", "timeout")
+    } else if (this.state === "open") {
+      this.fatal("timeout", "no frame within keepalive", "timeout")
     }
     this.wake()
   }
@@ -426,40 +498,34 @@ export class Connection implements Replier, Replaceable {
     this.wake()
   }
 
-  private fatal(code: ErrorCode, message: string, result: Metrics.ConnectionResult): undefined {
+  private fatal(code: ErrorCode, message: string, result: Metrics.ConnectionResult, retryAfterMs?: number): undefined {
     if (this.state === "closed") return undefined
     this.ingest() // frames read before the fatal one are answered (those already decided) before the error
     this.flush()
     if (result === "protocol_error") Metrics.record(Metrics.errors("ProtocolError"), 1)
     this.result = result
-    this.out += errorFrame(code, message)
-    this.flush()
+    this.out += errorFrame(code, message, retryAfterMs)
     this.close()
     return undefined
   }
 
+  /** Writes what is pending, half-closes and lets the device read it all (see Closing.ts). */
   private close(): void {
     if (this.state === "closed") return
-    this.flush()
+    const last = this.out + this.answers.takeReady()
+    this.out = ""
     this.state = "closed"
-    const s = this.socket
-    s.end(() => s.destroy())
-    setTimeout(() => s.destroy(), 2_000).unref()
+    closeGracefully(this.socket, last)
     this.wake()
   }
 
   private finish(): void {
+    clearTimeout(this.helloTimer)
     this.close()
-    if (this.device !== "") this.env.sessions.release(this.device, this)
+    const { budget, sessions } = this.env
+    budget.release(this.answers.abandon())
+    budget.forget(this.wakeUp)
+    if (this.device !== "") sessions.release(this.device, this)
     Metrics.record(Metrics.connections(this.result), 1)
   }
-}
-
-/** Answers an over-limit connection with `error busy` (jittered retryAfterMs) and closes it. */
-export const refuseBusy = (socket: Net.Socket, baseRetryMs: number): void => {
-  const retryAfterMs = baseRetryMs + Math.floor(Math.random() * baseRetryMs)
-  socket.end(errorFrame("busy", "too many connections, retry later", retryAfterMs))
-  setTimeout(() => socket.destroy(), 2_000).unref()
-  Metrics.record(Metrics.connections("busy"), 1)
-  Metrics.record(Metrics.errors("OverloadError"), 1)
 }

@@ -1,7 +1,10 @@
 /**
- * The device listener: a `node:net` server in a scoped Effect with admission control. Above
- * `GATEWAY_MAX_CONNECTIONS` (or while draining) a new connection gets `error busy` with a
- * jittered `retryAfterMs`, so a reconnection storm spreads out, before any fiber exists for it.
+ * The device listener: a `node:net` server in a scoped Effect with admission control
+ * ({@link Admission}): above the connection cap (lowered to fit the open-files limit), while
+ * draining, or with the memory budget spent, a new connection gets `error busy` with a jittered
+ * `retryAfterMs`, so a reconnection storm spreads out, before any fiber exists for it. Accept
+ * errors (EMFILE in a storm) are counted and logged at most once a second, never fatal. The
+ * listener samples the connections' buffers into the memory budget.
  * Every admitted connection runs as one fiber in the listener's `FiberSet`, owned by its scope.
  * The ingest pipeline (validate, dedup) is built here once and run by each connection on the
  * data frames of every socket read.
@@ -15,8 +18,10 @@
  * `goaway`, in-flight messages are answered until they are all done or the drain deadline
  * passes, then the remaining connections are closed with `error shutdown`.
  */
-import { Context, Effect, FiberSet, Layer } from "effect"
+import { Context, Effect, FiberSet, Layer, Schedule } from "effect"
 import * as Net from "node:net"
+import { Admission } from "../admission/Admission.ts"
+import { MemoryBudget } from "../admission/MemoryBudget.ts"
 import { DeviceAuth } from "../auth/DeviceRegistry.ts"
 import { GatewayConfig } from "../config/GatewayConfig.ts"
 import { Lifecycle } from "../Lifecycle.ts"
@@ -27,7 +32,8 @@ import { Lanes } from "../pipeline/Lanes.ts"
 import * as Stage from "../pipeline/Stage.ts"
 import { validate } from "../pipeline/Validate.ts"
 import { Sink } from "../sinks/Sink.ts"
-import { Connection, type ConnectionEnv, refuseBusy } from "./Connection.ts"
+import { refuseBusy } from "./Closing.ts"
+import { Connection, type ConnectionEnv } from "./Connection.ts"
 import { SessionRegistry } from "./Sessions.ts"
 
 /** The bound listener. */
@@ -50,15 +56,23 @@ export class Listener extends Context.Service<Listener, ListenerShape>()("gatewa
         ingest: yield* Stage.build(Stage.andThen(validate, dedup())),
         sink: yield* Sink,
         tracer: yield* MessageTracer,
-        lifecycle: yield* Lifecycle
+        lifecycle: yield* Lifecycle,
+        budget: yield* MemoryBudget,
+        admission: yield* Admission
       }
-      const { config, lifecycle } = env
+      const { config, lifecycle, admission, budget } = env
       const runFork = yield* FiberSet.makeRuntime<never, void, never>()
       const open = new Set<Connection>()
+      let refusing = 0
+      const refused = () => refusing--
       const server = Net.createServer({ pauseOnConnect: true, allowHalfOpen: true, noDelay: true })
 
       server.on("connection", (socket) => {
-        if (open.size >= config.maxConnections || lifecycle.isDraining()) return refuseBusy(socket, config.busyRetryMs)
+        const refusal = admission.atAccept(open.size, refusing, lifecycle.isDraining())
+        if (refusal !== undefined) {
+          refusing++
+          return refuseBusy(socket, refusal, admission.tightOnDescriptors(open.size, refusing) ? 50 : 2_000, refused)
+        }
         const conn = new Connection(socket, env)
         open.add(conn)
         Metrics.record(Metrics.connectionsActive, open.size)
@@ -76,6 +90,19 @@ export class Listener extends Context.Service<Listener, ListenerShape>()("gatewa
           resume(Effect.succeed(typeof address === "object" && address !== null ? address.port : config.port))
         })
       }).pipe(Effect.orDie)
+
+      // after the bind, a server error is an accept failure: counted, logged at most once a
+      // second, never fatal (an unhandled `error` event would kill the process)
+      const acceptErrors = new AcceptErrorLog()
+      server.on("error", (error) => acceptErrors.record(error))
+      yield* Effect.suspend(() => acceptErrors.flush()).pipe(Effect.repeat(Schedule.spaced("1 second")), Effect.forkScoped)
+
+      // the connections' buffers (unread input, unsent answers) count against the memory budget
+      yield* Effect.sync(() => {
+        let bytes = 0
+        for (const c of open) bytes += c.bufferedBytes
+        budget.setBuffered(bytes)
+      }).pipe(Effect.repeat(Schedule.spaced("100 millis")), Effect.forkScoped)
 
       yield* Effect.addFinalizer(() =>
         Effect.gen(function*() {
@@ -95,6 +122,32 @@ export class Listener extends Context.Service<Listener, ListenerShape>()("gatewa
     })
   )
 }
+
+/** Accept errors, counted per code and summarized in one log line per second. */
+class AcceptErrorLog {
+  private count = 0
+  private last = ""
+
+  record(error: Error): void {
+    const code = (error as NodeJS.ErrnoException).code ?? ""
+    Metrics.record(Metrics.acceptErrors(isKnownAcceptError(code) ? code : "other"), 1)
+    this.count++
+    this.last = `${code} ${error.message}`
+  }
+
+  /** The log line for the errors since the last flush, if any. */
+  flush(): Effect.Effect<void> {
+    if (this.count === 0) return Effect.void
+    const line = Effect.logError("accept failing on the device port").pipe(
+      Effect.annotateLogs({ errors: this.count, last: this.last })
+    )
+    this.count = 0
+    return line
+  }
+}
+
+const isKnownAcceptError = (code: string): code is "EMFILE" | "ENFILE" | "ENOBUFS" | "ENOMEM" =>
+  code === "EMFILE" || code === "ENFILE" || code === "ENOBUFS" || code === "ENOMEM"
 
 const inflight = (open: ReadonlySet<Connection>) => {
   let n = 0

@@ -3,31 +3,59 @@
  * answer (ack or nack) may arrive in any order (events overtake telemetry, validation answers
  * are immediate), and answers leave in ticket order, so acks on one connection come in the
  * order the frames were sent (PROTOCOL.md). Its size is the connection's in-flight count,
- * which the connection bounds by pausing reads.
+ * which the connection bounds by pausing reads. Each ticket also carries the bytes its message
+ * was charged against the memory budget: answering the ticket gives them back, once.
  */
 export class OrderedAnswers {
   /** Answers of tickets `base .. base + slots.length - 1`; undefined while pending. */
   private slots: Array<string | undefined> = []
+  /** Bytes charged for each ticket of `slots` (0 once answered). */
+  private costs: Array<number> = []
   /** Ticket of `slots[0]`. */
   private base = 0
   /** Index of the oldest ticket not yet written. */
   private head = 0
+  /** Bytes charged for the tickets not yet answered. */
+  private charged = 0
 
   /** Tickets taken and not yet written out. */
   get inflight(): number {
     return this.slots.length - this.head
   }
 
-  /** Takes the next ticket. */
-  open(): number {
+  /** Bytes charged for the messages not yet answered. */
+  get pendingBytes(): number {
+    return this.charged
+  }
+
+  /** Takes the next ticket for a message charged `cost` bytes. */
+  open(cost = 0): number {
     this.slots.push(undefined)
+    this.costs.push(cost)
+    this.charged += cost
     return this.base + this.slots.length - 1
   }
 
-  /** Records the answer of a ticket. */
-  resolve(ticket: number, frame: string): void {
+  /** Records the answer of a ticket; returns the bytes its message had charged (0 when already answered or abandoned). */
+  resolve(ticket: number, frame: string): number {
     const i = ticket - this.base
-    if (i >= this.head && i < this.slots.length) this.slots[i] = frame
+    if (i < this.head || i >= this.slots.length || this.slots[i] !== undefined) return 0
+    this.slots[i] = frame
+    const cost = this.costs[i]!
+    this.costs[i] = 0
+    this.charged -= cost
+    return cost
+  }
+
+  /** Forgets every pending ticket (the connection is gone); returns the bytes they had charged. */
+  abandon(): number {
+    const freed = this.charged
+    this.base += this.slots.length
+    this.slots = []
+    this.costs = []
+    this.head = 0
+    this.charged = 0
+    return freed
   }
 
   /** Removes and returns, concatenated, every answer that is now in order ("" when none). */
@@ -44,9 +72,11 @@ export class OrderedAnswers {
     if (head === slots.length) {
       this.base += head
       this.slots = []
+      this.costs = []
       this.head = 0
     } else if (head > 1024 && head * 2 > slots.length) {
       this.slots = slots.slice(head)
+      this.costs = this.costs.slice(head)
       this.base += head
       this.head = 0
     } else {

@@ -4,6 +4,7 @@
  * aggregated per chunk or batch, never one Effect per message.
  */
 import { Context, Metric } from "effect"
+import type { RefusalReason } from "../admission/Admission.ts"
 import type { Kind } from "../domain/Frames.ts"
 
 const empty = Context.empty()
@@ -149,3 +150,46 @@ const stageErrorsTotal = family((attributes) =>
 /** Rejection counter of one stage and error class. */
 export const stageErrors = (stage: string, errorClass: string): Metric.Metric<number, unknown> =>
   stageErrorsTotal({ stage, class: errorClass })
+
+/** The node's memory budget, bytes (GATEWAY_MEMORY_BUDGET). */
+export const memoryBudgetBytes = Metric.gauge("gateway_memory_budget_bytes", {
+  description: "bytes frames may hold node-wide (GATEWAY_MEMORY_BUDGET)"
+})
+
+/** What the memory budget counts: messages in flight, connection buffers. */
+export type MemoryPart = "messages" | "buffers"
+
+/** Bytes counted against the memory budget, by part. */
+export const memoryUsed = (part: MemoryPart) =>
+  Metric.gauge("gateway_memory_used_bytes", {
+    description: "bytes counted against the memory budget: messages in flight (estimated heap cost), connection buffers",
+    attributes: { part }
+  })
+
+/** Resident set size of the process (Node's conventional name). */
+export const processRssBytes = Metric.gauge("process_resident_memory_bytes", {
+  description: "resident memory size in bytes"
+})
+
+const admissionRefusalsTotal = family((attributes) =>
+  Metric.counter("gateway_admission_refusals_total", {
+    description: "connections refused with error busy, by reason",
+    attributes
+  })
+)
+/** Counter of admission refusals for one reason. */
+export const admissionRefusals = (reason: RefusalReason): Metric.Metric<number, unknown> => admissionRefusalsTotal({ reason })
+
+/** Devices banned for flapping. */
+export const flapBans = Metric.counter("gateway_flap_bans_total", {
+  description: "devices banned for reconnecting too often"
+})
+
+/** Accept errors of the device listener, by errno class. */
+export type AcceptErrorCode = "EMFILE" | "ENFILE" | "ENOBUFS" | "ENOMEM" | "other"
+
+const acceptErrorsTotal = family((attributes) =>
+  Metric.counter("gateway_accept_errors_total", { description: "failed accepts on the device port, by error", attributes })
+)
+/** Counter of accept errors of one code. */
+export const acceptErrors = (code: AcceptErrorCode): Metric.Metric<number, unknown> => acceptErrorsTotal({ code })

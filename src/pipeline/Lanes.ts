@@ -6,9 +6,13 @@
  * - bulk (telemetry): sliding, full → the oldest message is dropped and its sender gets
  *   `nack shed`. Built on `Queue.bounded` with the drop done here, because `Queue.sliding` drops
  *   silently and every dropped message must still be answered.
+ * Both are also bounded in bytes by the node's memory budget: above its high watermark the bulk
+ * lane sheds its oldest telemetry on every offer, whatever its length, and batches are taken up
+ * to `GATEWAY_BATCH_MAX_BYTES` of frames.
  * A one-slot doorbell wakes the persistence stage when either lane receives work.
  */
 import { Context, Effect, Exit, Layer, Queue, Schedule, type Tracer } from "effect"
+import { MemoryBudget } from "../admission/MemoryBudget.ts"
 import { GatewayConfig } from "../config/GatewayConfig.ts"
 import type { Envelope } from "../domain/Envelope.ts"
 import { nackFrame } from "../domain/Frames.ts"
@@ -30,6 +34,8 @@ export interface InFlight {
   readonly envelope: Envelope
   readonly replier: Replier
   readonly ticket: number
+  /** Byte length of the message's frame (batches are bounded in bytes). */
+  readonly bytes: number
   /** `performance.now()` at arrival, for the ingest-to-commit histogram. */
   readonly arrivedAt: number
   /** The message's ingest span, when tracing is on. */
@@ -38,7 +44,7 @@ export interface InFlight {
 
 /** What the connections and the persistence stage see of the lanes. */
 export interface LanesShape {
-  /** Enqueues telemetry; when the lane is full the oldest telemetry is shed (and nacked). */
+  /** Enqueues telemetry; when the lane is full (or memory above the high watermark) the oldest telemetry is shed (and nacked). */
   readonly offerTelemetry: (item: InFlight) => void
   /** Enqueues an event if there is room; false when the critical lane is full. */
   readonly tryOfferEvent: (item: InFlight) => boolean
@@ -46,12 +52,14 @@ export interface LanesShape {
   readonly offerEvents: (items: ReadonlyArray<InFlight>) => Effect.Effect<void>
   /** Wakes the persistence stage (call once after a chunk's offers). */
   readonly notify: () => void
-  /** Takes up to `max` messages without waiting: critical first, then bulk. */
-  readonly takeBatch: (max: number) => Effect.Effect<Array<InFlight>>
+  /** Takes up to `max` messages and about `maxBytes` of frames without waiting: critical first, then bulk. */
+  readonly takeBatch: (max: number, maxBytes: number) => Array<InFlight>
   /** Waits until `notify` was called since the last wait. */
   readonly awaitWork: Effect.Effect<void>
   /** Messages waiting in both lanes. */
   readonly size: () => number
+  /** The fuller lane's fill, 0..1 (admission refuses new connections near 1). */
+  readonly fill: () => number
 }
 
 /** The lanes service. */
@@ -61,6 +69,7 @@ export class Lanes extends Context.Service<Lanes, LanesShape>()("gateway/Lanes")
     Lanes,
     Effect.gen(function*() {
       const config = yield* GatewayConfig
+      const budget = yield* MemoryBudget
       // Policy "suspend": a full critical lane blocks the offering connection.
       const critical = yield* Queue.bounded<InFlight>(config.criticalQueue)
       // Policy "sliding" (by hand below): a full bulk lane drops its oldest message.
@@ -87,9 +96,10 @@ export class Lanes extends Context.Service<Lanes, LanesShape>()("gateway/Lanes")
 
       return Lanes.of({
         offerTelemetry: (item) => {
-          if (Queue.isFullUnsafe(bulk)) {
+          while (Queue.isFullUnsafe(bulk) || (budget.isHigh() && Queue.sizeUnsafe(bulk) > 0)) {
             const oldest = Queue.takeUnsafe(bulk)
-            if (oldest !== undefined && oldest._tag === "Success") shed(oldest.value)
+            if (oldest === undefined || oldest._tag !== "Success") break
+            shed(oldest.value)
           }
           Queue.offerUnsafe(bulk, item)
         },
@@ -98,21 +108,32 @@ export class Lanes extends Context.Service<Lanes, LanesShape>()("gateway/Lanes")
         notify: () => {
           Queue.offerUnsafe(doorbell, true)
         },
-        takeBatch: (max) =>
-          Effect.gen(function*() {
-            const batch = yield* takeReady(critical, max)
-            const rest = max - batch.length
-            return rest > 0 ? batch.concat(yield* takeReady(bulk, rest)) : batch
-          }),
+        takeBatch: (max, maxBytes) => {
+          const batch: Array<InFlight> = []
+          const bytes = takeInto(critical, batch, max, maxBytes, 0)
+          takeInto(bulk, batch, max, maxBytes, bytes)
+          return batch
+        },
         awaitWork: Effect.asVoid(Queue.take(doorbell)),
-        size: () => Queue.sizeUnsafe(critical) + Queue.sizeUnsafe(bulk)
+        size: () => Queue.sizeUnsafe(critical) + Queue.sizeUnsafe(bulk),
+        fill: () => Math.max(Queue.sizeUnsafe(critical) / config.criticalQueue, Queue.sizeUnsafe(bulk) / config.bulkQueue)
       })
     })
   )
 }
 
-const NONE: Effect.Effect<Array<InFlight>> = Effect.sync(() => [])
-
-/** Takes up to `max` messages that are already there, without waiting (takeBetween(0, n) takes none). */
-const takeReady = (queue: Queue.Queue<InFlight>, max: number): Effect.Effect<Array<InFlight>> =>
-  Queue.sizeUnsafe(queue) > 0 ? Queue.takeBetween(queue, 1, max) : NONE
+/**
+ * Moves messages that are already in `queue` into `batch` until it holds `max` messages or
+ * `maxBytes` of frames (the message that crosses the byte limit is included, so one frame
+ * larger than the limit still travels); returns the batch's bytes. Taking frees room, which
+ * wakes connections suspended on a full critical lane.
+ */
+const takeInto = (queue: Queue.Queue<InFlight>, batch: Array<InFlight>, max: number, maxBytes: number, bytes: number) => {
+  while (batch.length < max && bytes < maxBytes) {
+    const taken = Queue.takeUnsafe(queue)
+    if (taken === undefined || taken._tag !== "Success") break
+    batch.push(taken.value)
+    bytes += taken.value.bytes
+  }
+  return bytes
+}

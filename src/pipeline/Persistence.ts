@@ -1,5 +1,6 @@
 /**
- * The persistence loop: takes critical work first, batches by size (`GATEWAY_BATCH_MAX`) or
+ * The persistence loop: takes critical work first, batches by size (`GATEWAY_BATCH_MAX` messages,
+ * `GATEWAY_BATCH_MAX_BYTES` of frames) or
  * linger (`GATEWAY_BATCH_LINGER_MS`), runs each batch through the pipeline (your stages, then
  * the commit stage that writes it to the sink), then answers every message of the batch on its
  * own connection, in send order: an ack once committed, the nack of its error class when a stage
@@ -158,15 +159,17 @@ export const layer = Layer.effectDiscard(Effect.gen(function*() {
   const loop = Effect.gen(function*() {
     while (true) {
       yield* Semaphore.take(slots, 1)
-      let batch = yield* lanes.takeBatch(config.batchMax)
+      let batch = lanes.takeBatch(config.batchMax, config.batchMaxBytes)
       while (batch.length === 0) {
         if (closing) return yield* Semaphore.take(slots, PIPELINE - 1) // wait for the batches in flight
         yield* lanes.awaitWork
-        batch = yield* lanes.takeBatch(config.batchMax)
+        batch = lanes.takeBatch(config.batchMax, config.batchMaxBytes)
       }
       if (batch.length < config.batchMax && config.batchLingerMs > 0 && !closing) {
         yield* Effect.sleep(config.batchLingerMs)
-        batch = batch.concat(yield* lanes.takeBatch(config.batchMax - batch.length))
+        let bytes = 0
+        for (const item of batch) bytes += item.bytes
+        if (bytes < config.batchMaxBytes) batch = batch.concat(lanes.takeBatch(config.batchMax - batch.length, config.batchMaxBytes - bytes))
       }
       yield* Effect.forkChild(Effect.ensuring(runBatch(batch), Semaphore.release(slots, 1)))
     }

@@ -1,0 +1,133 @@
+/**
+ * Admission control (DESIGN.md's first box): who may connect, decided in two steps.
+ * - At accept (before any fiber exists): the connection cap (lowered to fit the open-files
+ *   limit), the drain, and the memory budget. Refused sockets get `error busy`.
+ * - At hello (after authentication): flapping bans, then, unless the hello carries a valid
+ *   resume hint from a `goaway`, the saturation rule (lanes or memory above the high
+ *   watermark) and the accept-rate token bucket.
+ * Every `busy` carries a jittered `retryAfterMs` spread over a window sized to the backlog (the
+ * refusals of the last second over the accept rate), so a storm of N devices comes back at
+ * about the rate the node admits, not all at once.
+ */
+import { Context, Effect, Layer, Option, Redacted } from "effect"
+import { GatewayConfig } from "../config/GatewayConfig.ts"
+import * as Metrics from "../observability/Metrics.ts"
+import { Lanes } from "../pipeline/Lanes.ts"
+import { connectionCap, openFilesLimit, RESERVED_DESCRIPTORS } from "./FileLimit.ts"
+import { FlapGuard } from "./FlapGuard.ts"
+import { MemoryBudget } from "./MemoryBudget.ts"
+import { ResumeHints, secretFromDataDir } from "./ResumeHint.ts"
+import { TokenBucket } from "./TokenBucket.ts"
+
+/** Why a connection was refused (the `reason` label of `gateway_admission_refusals_total`). */
+export type RefusalReason = "connections" | "descriptors" | "draining" | "memory" | "saturated" | "rate" | "flapping"
+
+/** A refusal: the `busy` frame's message and retryAfterMs. */
+export interface Refusal {
+  readonly reason: RefusalReason
+  readonly message: string
+  readonly retryAfterMs: number
+}
+
+/** Lane fill (0..1) above which new connections are refused. */
+const SATURATED = 0.8
+
+/** The admission decisions; synchronous. */
+export interface AdmissionShape {
+  /** The connection cap in force (GATEWAY_MAX_CONNECTIONS, lowered to fit the open-files limit). */
+  readonly maxConnections: number
+  /** Decides at accept, given the open and the still-closing refused connections. */
+  readonly atAccept: (open: number, refusing: number, draining: boolean) => Refusal | undefined
+  /** Decides after the hello authenticated `device`; `resume` is the hello's resume hint. */
+  readonly atHello: (device: string, resume: unknown, nowMs: number) => Refusal | undefined
+  /** The resume hint for a `goaway` to `device`. */
+  readonly resumeHint: (device: string, nowMs: number) => string
+  /** True when a refused socket must be closed at once (descriptors are short): no graceful linger. */
+  readonly tightOnDescriptors: (open: number, refusing: number) => boolean
+}
+
+/** The admission service. */
+export class Admission extends Context.Service<Admission, AdmissionShape>()("gateway/Admission") {
+  /** Admission from the configuration, the lanes and the memory budget. */
+  static readonly layer = Layer.effect(
+    Admission,
+    Effect.gen(function*() {
+      const config = yield* GatewayConfig
+      const lanes = yield* Lanes
+      const budget = yield* MemoryBudget
+      const limit = openFilesLimit()
+      const cap = connectionCap(config.maxConnections, limit)
+      if (cap < config.maxConnections) {
+        yield* Effect.logWarning("open-files limit below GATEWAY_MAX_CONNECTIONS: connection cap lowered").pipe(
+          Effect.annotateLogs({ openFilesLimit: limit, maxConnections: config.maxConnections, cap, reserved: RESERVED_DESCRIPTORS })
+        )
+      }
+      const hints = new ResumeHints(
+        Option.match(config.resumeSecret, {
+          onNone: () => secretFromDataDir(config.dataDir),
+          onSome: (s) => Buffer.from(Redacted.value(s), "utf8")
+        })
+      )
+      const bucket = new TokenBucket(config.acceptRate, config.acceptBurst, Date.now())
+      const flaps = new FlapGuard({
+        limit: config.flapLimit,
+        windowMs: config.flapWindowMs,
+        banMs: config.flapBanMs,
+        maxDevices: config.dedupDevices
+      })
+      // refusals of the current and the previous second: the backlog the retries must spread over
+      let second = 0
+      let thisSecond = 0
+      let lastSecond = 0
+      const retryAfter = (nowMs: number) => {
+        const s = Math.floor(nowMs / 1000)
+        if (s !== second) {
+          lastSecond = s === second + 1 ? thisSecond : 0
+          thisSecond = 0
+          second = s
+        }
+        thisSecond++
+        const backlog = Math.max(thisSecond, lastSecond)
+        const window = Math.max(config.busyRetryMs, Math.ceil((backlog / config.acceptRate) * 1000))
+        return config.busyRetryMs + Math.floor(Math.random() * window)
+      }
+      const refuse = (reason: RefusalReason, message: string, nowMs: number, retryAfterMs = retryAfter(nowMs)): Refusal => {
+        Metrics.record(Metrics.admissionRefusals(reason), 1)
+        return { reason, message, retryAfterMs }
+      }
+      const descriptorsLeft = (open: number, refusing: number) =>
+        limit === undefined ? Infinity : limit - RESERVED_DESCRIPTORS / 2 - open - refusing
+
+      return Admission.of({
+        maxConnections: cap,
+        atAccept: (open, refusing, draining) => {
+          const now = Date.now()
+          if (draining) return refuse("draining", "gateway is shutting down, retry later", now)
+          if (open >= cap) {
+            return refuse(cap < config.maxConnections ? "descriptors" : "connections", "too many connections, retry later", now)
+          }
+          if (descriptorsLeft(open, refusing) <= 0) return refuse("descriptors", "too many connections, retry later", now)
+          if (budget.isFull()) return refuse("memory", "gateway memory budget spent, retry later", now)
+          return undefined
+        },
+        atHello: (device, resume, nowMs) => {
+          const flap = flaps.connect(device, nowMs)
+          if (flap.waitMs > 0) {
+            if (flap.justBanned) {
+              Metrics.record(Metrics.flapBans, 1)
+            }
+            return refuse("flapping", "device reconnects too often: banned for a while", nowMs, flap.waitMs)
+          }
+          if (hints.verify(device, resume, nowMs)) return undefined
+          if (budget.isHigh() || lanes.fill() >= SATURATED) {
+            return refuse("saturated", "gateway saturated, retry later", nowMs)
+          }
+          if (bucket.take(1, nowMs) > 0) return refuse("rate", "too many new connections, retry later", nowMs)
+          return undefined
+        },
+        resumeHint: (device, nowMs) => hints.issue(device, nowMs),
+        tightOnDescriptors: (open, refusing) => descriptorsLeft(open, refusing) <= RESERVED_DESCRIPTORS / 4
+      })
+    })
+  )
+}
