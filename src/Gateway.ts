@@ -13,6 +13,7 @@ import { Listener } from "./ingress/Listener.ts"
 import { SessionRegistry } from "./ingress/Sessions.ts"
 import { Lifecycle } from "./Lifecycle.ts"
 import * as Admin from "./observability/Admin.ts"
+import * as RuntimeMetrics from "./observability/RuntimeMetrics.ts"
 import * as Tracing from "./observability/Tracing.ts"
 import { Dedup } from "./pipeline/Dedup.ts"
 import { Lanes } from "./pipeline/Lanes.ts"
@@ -55,7 +56,7 @@ export const layer = <E = never>(
     Layer.provideMerge(
       Layer.mergeAll(Lanes.layer, Dedup.layer, SessionRegistry.layer, DeviceAuth.layer, tracing, stages)
     ),
-    Layer.provideMerge(Layer.mergeAll(sink, Lifecycle.layer, MemoryBudget.layer)),
+    Layer.provideMerge(Layer.mergeAll(sink, Lifecycle.layer, MemoryBudget.layer, RuntimeMetrics.layer)),
     Layer.provideMerge(config)
   )
 }

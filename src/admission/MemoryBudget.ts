@@ -117,7 +117,6 @@ export class MemoryBudget extends Context.Service<MemoryBudget, Budget>()("gatew
       yield* Effect.sync(() => {
         Metrics.record(held, budget.heldBytes())
         Metrics.record(buffered, budget.bufferedBytes())
-        Metrics.record(Metrics.processRssBytes, process.memoryUsage.rss())
       }).pipe(Effect.repeat(Schedule.spaced(GAUGE_EVERY)), Effect.forkScoped)
       return budget
     })

@@ -58,7 +58,7 @@ export const gatewayConfig = Config.all({
   /** Bytes of unanswered frames one connection may hold before it stops reading. */
   connectionMaxBytes: int("GATEWAY_CONNECTION_MAX_BYTES", 8 * 1024 * 1024, 64 * 1024),
   /** Bytes per sink batch at most (one frame more when a single frame is larger). */
-  batchMaxBytes: int("GATEWAY_BATCH_MAX_BYTES", 4 * 1024 * 1024, 64 * 1024),
+  batchMaxBytes: int("GATEWAY_BATCH_MAX_BYTES", 1024 * 1024, 64 * 1024),
   /** New connections admitted per second (token bucket), and the bucket's size. */
   acceptRate: int("GATEWAY_ACCEPT_RATE", 2_000, 1),
   acceptBurst: int("GATEWAY_ACCEPT_BURST", 2_000, 1),

@@ -9,7 +9,7 @@ import { errorFrame } from "../domain/Frames.ts"
 import * as Metrics from "../observability/Metrics.ts"
 
 /** How long a closing socket is read and discarded at most. */
-const LINGER_MS = 2_000
+const LINGER_MS = 5_000
 /** How many bytes a closing socket may still send before it is reset. */
 const LINGER_MAX_BYTES = 8 * 1024 * 1024
 

@@ -37,6 +37,7 @@ import type { SinkShape } from "../sinks/Sink.ts"
 import { closeGracefully } from "./Closing.ts"
 import { HELLO_MAX_BYTES, HelloReader } from "./HelloReader.ts"
 import { LineFramer } from "./LineFramer.ts"
+import { type ReadSlices, SMALL_READ_BYTES } from "./ReadSlices.ts"
 import { OrderedAnswers } from "./OrderedAnswers.ts"
 import type { Replaceable, Sessions } from "./Sessions.ts"
 
@@ -53,6 +54,8 @@ export interface ConnectionEnv {
   readonly lifecycle: LifecycleShape
   readonly budget: Budget
   readonly admission: AdmissionShape
+  /** Turns for big socket reads, so control traffic is never stuck behind a flood. */
+  readonly slices: ReadSlices
 }
 
 /** Above this many unsent output bytes the connection stops reading until the socket drains. */
@@ -135,6 +138,11 @@ export class Connection implements Replier, Replaceable {
     while (true) {
       yield* this.waitUntil(() => this.chunks.length > 0 || this.ended || this.state === "closed")
       if (this.state === "closed") break
+      const next = this.chunks[0]
+      if (next !== undefined && next.length > SMALL_READ_BYTES && this.state === "open" && !this.env.slices.tryEnter(performance.now())) {
+        yield* this.nextSlice
+        continue
+      }
       const chunk = this.chunks.shift()
       if (chunk !== undefined) this.process(chunk)
       else if (this.state === "open") this.state = "closing" // peer half-closed: answer what is pending
@@ -153,6 +161,11 @@ export class Connection implements Replier, Replaceable {
       yield* this.waitUntil(() => this.hasRoom() || this.state === "closed")
       if (this.chunks.length === 0 && !this.ended) this.socket.resume()
     }
+  })
+
+  /** Suspends until the next read slice begins. */
+  private readonly nextSlice: Effect.Effect<void> = Effect.callback<void>((resume) => {
+    this.env.slices.later(() => resume(Effect.void))
   })
 
   /** Suspends until `ready()` holds; re-checked whenever the connection is woken. */

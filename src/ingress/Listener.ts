@@ -34,6 +34,10 @@ import { validate } from "../pipeline/Validate.ts"
 import { Sink } from "../sinks/Sink.ts"
 import { refuseBusy } from "./Closing.ts"
 import { Connection, type ConnectionEnv } from "./Connection.ts"
+import { ReadSlices } from "./ReadSlices.ts"
+
+/** Milliseconds of big-read work per turn of the event loop (see ReadSlices). */
+const READ_SLICE_MS = 8
 import { SessionRegistry } from "./Sessions.ts"
 
 /** The bound listener. */
@@ -58,7 +62,8 @@ export class Listener extends Context.Service<Listener, ListenerShape>()("gatewa
         tracer: yield* MessageTracer,
         lifecycle: yield* Lifecycle,
         budget: yield* MemoryBudget,
-        admission: yield* Admission
+        admission: yield* Admission,
+        slices: new ReadSlices(READ_SLICE_MS)
       }
       const { config, lifecycle, admission, budget } = env
       const runFork = yield* FiberSet.makeRuntime<never, void, never>()

@@ -166,6 +166,12 @@ export const memoryUsed = (part: MemoryPart) =>
     attributes: { part }
   })
 
+/** Event-loop delay over the last sampling period, seconds (prom-client's `nodejs_eventloop_lag_*` family). */
+export const eventLoopDelay = (stat: "p50" | "p99" | "max") =>
+  Metric.gauge(`nodejs_eventloop_lag_${stat}_seconds`, {
+    description: `event-loop delay ${stat} over the last second (perf_hooks.monitorEventLoopDelay)`
+  })
+
 /** Resident set size of the process (Node's conventional name). */
 export const processRssBytes = Metric.gauge("process_resident_memory_bytes", {
   description: "resident memory size in bytes"
