@@ -22,10 +22,15 @@ export class DeviceRateLimit {
     return limits.msgsPerSec > 0 || limits.bytesPerSec > 0 ? new DeviceRateLimit(limits, nowMs) : undefined
   }
 
-  /** Admits one frame of `size` bytes (returns 0) or returns the milliseconds to wait. */
+  /**
+   * Admits one frame of `size` bytes (returns 0, spending from both buckets) or returns the
+   * milliseconds until both limits would let it pass (spending nothing).
+   */
   admit(size: number, nowMs: number): number {
-    const byBytes = this.bytes === undefined ? 0 : this.bytes.take(size, nowMs)
-    if (byBytes > 0) return byBytes
-    return this.msgs === undefined ? 0 : this.msgs.take(1, nowMs)
+    const wait = Math.max(this.bytes?.wait(size, nowMs) ?? 0, this.msgs?.wait(1, nowMs) ?? 0)
+    if (wait > 0) return wait
+    this.bytes?.take(size, nowMs)
+    this.msgs?.take(1, nowMs)
+    return 0
   }
 }

@@ -36,6 +36,13 @@ import { refuseBusy } from "./Closing.ts"
 import { Connection, type ConnectionEnv } from "./Connection.ts"
 import { ReadSlices } from "./ReadSlices.ts"
 
+/**
+ * Connections the kernel may hold before they are accepted (Node's default is 511): a
+ * reconnection storm arrives faster than one event-loop turn accepts, and an overflowing
+ * accept queue drops handshakes. The kernel caps it at `net.core.somaxconn`.
+ */
+const LISTEN_BACKLOG = 4096
+
 /** Milliseconds of big-read work per turn of the event loop (see ReadSlices). */
 const READ_SLICE_MS = 8
 import { SessionRegistry } from "./Sessions.ts"
@@ -90,7 +97,7 @@ export class Listener extends Context.Service<Listener, ListenerShape>()("gatewa
 
       const port = yield* Effect.callback<number, Error>((resume) => {
         server.once("error", (e) => resume(Effect.fail(e)))
-        server.listen({ host: config.host, port: config.port, reusePort: config.reusePort }, () => {
+        server.listen({ host: config.host, port: config.port, reusePort: config.reusePort, backlog: LISTEN_BACKLOG }, () => {
           const address = server.address()
           resume(Effect.succeed(typeof address === "object" && address !== null ? address.port : config.port))
         })
