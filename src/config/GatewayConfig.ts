@@ -40,6 +40,8 @@ export const gatewayConfig = Config.all({
   busyRetryMs: int("GATEWAY_BUSY_RETRY_MS", 1_000, 1),
   criticalQueue: int("GATEWAY_CRITICAL_QUEUE", 16_384, 1),
   bulkQueue: int("GATEWAY_BULK_QUEUE", 65_536, 1),
+  /** Telemetry older than this when its batch is taken is shed (a bounded delay, not a backlog). */
+  bulkMaxAgeMs: int("GATEWAY_BULK_MAX_AGE_MS", 5_000, 1),
   maxInflight: int("GATEWAY_MAX_INFLIGHT", 1_024, 1),
   batchMax: int("GATEWAY_BATCH_MAX", 4_096, 1),
   batchLingerMs: int("GATEWAY_BATCH_LINGER_MS", 0, 0, 60_000),

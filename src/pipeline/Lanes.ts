@@ -8,7 +8,8 @@
  *   silently and every dropped message must still be answered.
  * Both are also bounded in bytes by the node's memory budget: above its high watermark the bulk
  * lane sheds its oldest telemetry on every offer, whatever its length, and batches are taken up
- * to `GATEWAY_BATCH_MAX_BYTES` of frames.
+ * to `GATEWAY_BATCH_MAX_BYTES` of frames. And the bulk lane is bounded in time: telemetry that
+ * waited longer than `GATEWAY_BULK_MAX_AGE_MS` is shed when it reaches the head.
  * A one-slot doorbell wakes the persistence stage when either lane receives work.
  */
 import { Context, Effect, Exit, Layer, Queue, Schedule, type Tracer } from "effect"
@@ -87,7 +88,7 @@ export class Lanes extends Context.Service<Lanes, LanesShape>()("gateway/Lanes")
       }).pipe(Effect.repeat(Schedule.spaced(DEPTH_SAMPLE_EVERY)), Effect.forkScoped)
 
       const shed = (old: InFlight) => {
-        old.replier.resolve(old.ticket, nackFrame(old.envelope.seq, "shed", "telemetry shed under overload"))
+        old.replier.resolve(old.ticket, nackFrame(old.envelope.seq, "shed", "telemetry shed under overload (oldest first)"))
         old.replier.flush()
         old.span?.end(process.hrtime.bigint(), Exit.void)
         Metrics.record(Metrics.messages("telemetry", "shed"), 1)
@@ -110,8 +111,22 @@ export class Lanes extends Context.Service<Lanes, LanesShape>()("gateway/Lanes")
         },
         takeBatch: (max, maxBytes) => {
           const batch: Array<InFlight> = []
-          const bytes = takeInto(critical, batch, max, maxBytes, 0)
-          takeInto(bulk, batch, max, maxBytes, bytes)
+          let bytes = takeInto(critical, batch, max, maxBytes, 0)
+          // telemetry that waited longer than GATEWAY_BULK_MAX_AGE_MS is shed instead: under a
+          // long overload the lane is a bounded delay, not a minutes-deep backlog (and the acks
+          // of events, which follow the device's earlier telemetry in send order, stay timely)
+          const staleBefore = performance.now() - config.bulkMaxAgeMs
+          while (batch.length < max && bytes < maxBytes) {
+            const taken = Queue.takeUnsafe(bulk)
+            if (taken === undefined || taken._tag !== "Success") break
+            const item = taken.value
+            if (item.arrivedAt < staleBefore) {
+              shed(item)
+              continue
+            }
+            batch.push(item)
+            bytes += item.bytes
+          }
           return batch
         },
         awaitWork: Effect.asVoid(Queue.take(doorbell)),
@@ -123,7 +138,7 @@ export class Lanes extends Context.Service<Lanes, LanesShape>()("gateway/Lanes")
 }
 
 /**
- * Moves messages that are already in `queue` into `batch` until it holds `max` messages or
+ * Moves events that are already in `queue` into `batch` until it holds `max` messages or
  * `maxBytes` of frames (the message that crosses the byte limit is included, so one frame
  * larger than the limit still travels); returns the batch's bytes. Taking frees room, which
  * wakes connections suspended on a full critical lane.

@@ -128,4 +128,42 @@ describe("burst at 10x what the sink takes", () => {
         `${budget / 1024}, ping p50 ${percentile(pings, 0.5).toFixed(1)} ms p99 ${percentile(pings, 0.99).toFixed(1)} ms`
     )
   }, 45_000)
+
+  it("telemetry that waited past GATEWAY_BULK_MAX_AGE_MS is shed, so event acks are not held behind a deep backlog", async () => {
+    const maxAgeMs = 400
+    const g = await startGateway({ GATEWAY_BULK_MAX_AGE_MS: String(maxAgeMs), GATEWAY_BATCH_MAX: "32" }, undefined, slowSink)
+    running.push(g)
+    const { d } = await Device.open(g.port, "aging")
+    devices.push(d)
+    // 2,000 frames in 1 s against a sink that commits 400 a second: a 5 s backlog unless shed by age
+    const sentAt: Array<number> = []
+    const kinds: Array<string> = []
+    for (let seq = 0; seq < 2_000; seq++) {
+      const kind = seq % 50 === 25 ? "event" : "telemetry"
+      const body = kind === "event" ? { name: "door_open" } : { metrics: { t: seq } }
+      d.send({ type: kind, seq, ts: Date.now(), body })
+      sentAt.push(performance.now())
+      kinds.push(kind)
+      if (seq % 20 === 19) await sleep(10)
+    }
+    const answers: Array<{ a: Answer; at: number }> = []
+    for (let i = 0; i < 2_000; i++) answers.push({ a: await d.next(10_000), at: performance.now() })
+    expect(answers.map((x) => x.a["seq"])).toEqual(sentAt.map((_, i) => i))
+    let shed = 0
+    const eventDelays: Array<number> = []
+    for (let i = 0; i < answers.length; i++) {
+      const { a, at } = answers[i]!
+      if (kinds[i] === "event") {
+        expect(a.type).toBe("ack")
+        eventDelays.push(at - sentAt[i]!)
+      } else if (a.type === "nack") {
+        expect(a).toMatchObject({ code: "shed" })
+        shed++
+      }
+    }
+    expect(shed).toBeGreaterThan(500)
+    // without the age bound the last events would wait ~4 s behind the telemetry before them
+    expect(Math.max(...eventDelays)).toBeLessThan(maxAgeMs + 1_500)
+    console.log(`aging: shed ${shed} of ${kinds.filter((k) => k === "telemetry").length} telemetry, event ack max ${Math.max(...eventDelays).toFixed(0)} ms`)
+  }, 30_000)
 })
