@@ -32,7 +32,7 @@ export interface LoadResult {
 }
 
 /** Log-linear latency histogram: 1 µs resolution at the bottom, ~1% relative above. */
-class Histogram {
+export class Histogram {
   private readonly counts = new Float64Array(4096)
   private total = 0
   max = 0

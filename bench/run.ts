@@ -1,97 +1,121 @@
 /**
  * The benchmark: runs the raw `node:net` baseline and the gateway (SQLite sink, dedup on) side
  * by side under the same loads, and prints acked msgs/s, ack latency p50/p99/max, the server's
- * peak RSS, and the gateway/baseline ratio.
+ * peak RSS, and the gateway/baseline ratio; plus the overload scenarios.
  *
- *   npm run bench                       # both scenarios, 10 s each
+ *   npm run bench                       # every scenario below, in this order
  *   npm run bench -- --seconds 5 --only throughput
+ *   npm run bench -- --only storm,idle  # a comma-separated list
  *   npm run bench -- --old-space 256    # cap V8's old generation (less RSS, more major GCs)
- *   npm run bench -- --only stages      # stage costs in ns per message (in process)
  *
- * The throughput scenario also runs the gateway with the example stages (unit-conversion and
- * threshold from a stages file), to show what they cost end to end.
+ * Scenarios (`--only <name>`):
+ * - `stages`: stage costs in ns per message (in process; bench/stages.ts)
+ * - `throughput`, `latency`: the load of bench/load.ts, `--seconds` each (default 10); the
+ *   throughput scenario also runs the gateway with the example stages (unit-conversion and
+ *   threshold from a stages file), to show what they cost end to end
+ * - `storm`: `--devices` (10,000) connect at once; `--timeout` (60 s) (bench/storm.ts)
+ * - `idle`: RSS per idle connection, `--connections` (10,000) (bench/idle.ts)
+ * - `burst`: `--factor` (10) × the sink rate for `--seconds` (default 30), `--sink-rate` (2000),
+ *   `--burst-devices` (200) × `--burst-window` (256), `--memory-budget` MiB (128)
+ *   (bench/burst.ts, bench/slowGateway.ts)
+ * - `workers`: the throughput load against GATEWAY_WORKERS=1 and 2 and the raw baseline, with
+ *   the CPU share of the load generator and of the server's process tree
+ * - `ratelimit`: per-device rate limiting cost in ns per message (in process; bench/ratelimit.ts)
  */
-import { type ChildProcess, spawn } from "node:child_process"
 import * as Fs from "node:fs"
 import * as Os from "node:os"
 import * as Path from "node:path"
 import { parseArgs } from "node:util"
+import { runBurst, burstTable } from "./burst.ts"
+import { idleTable, runIdle } from "./idle.ts"
 import { type LoadOptions, type LoadResult, runLoad } from "./load.ts"
+import {
+  cpuDeltaMs,
+  fmt,
+  gatewayArgv,
+  gatewayEnv,
+  type NodeFlags,
+  processTree,
+  removeDir,
+  type Server,
+  startServer,
+  statusKb,
+  stopServer,
+  tempDir,
+  treeCpu
+} from "./proc.ts"
+import { rateLimitTable, runRateLimitBench } from "./ratelimit.ts"
 import { runStageBench, stageTable } from "./stages.ts"
+import { runStorm, stormTable } from "./storm.ts"
 
 const { values: args } = parseArgs({
   options: {
-    seconds: { type: "string", default: "10" },
+    seconds: { type: "string" },
     only: { type: "string" },
     "semi-space": { type: "string", default: "8" },
-    "old-space": { type: "string" }
+    "old-space": { type: "string" },
+    devices: { type: "string", default: "10000" },
+    timeout: { type: "string", default: "60" },
+    connections: { type: "string", default: "10000" },
+    "sink-rate": { type: "string", default: "2000" },
+    "burst-devices": { type: "string", default: "200" },
+    "burst-window": { type: "string", default: "256" },
+    factor: { type: "string", default: "10" },
+    "memory-budget": { type: "string", default: "128" }
   }
 })
-const seconds = Number(args.seconds)
-const node = process.execPath
-
-interface Server {
-  readonly child: ChildProcess
-  readonly port: number
+const seconds = Number(args.seconds ?? 10)
+const flags: NodeFlags = {
+  semiSpaceMb: Number(args["semi-space"]),
+  oldSpaceMb: args["old-space"] === undefined ? undefined : Number(args["old-space"])
 }
-
-const start = (argv: ReadonlyArray<string>, env: NodeJS.ProcessEnv): Promise<Server> =>
-  new Promise((resolve, reject) => {
-    const child = spawn(node, argv, { env: { ...process.env, ...env }, stdio: ["ignore", "pipe", "inherit"] })
-    let buf = ""
-    child.stdout!.on("data", (d: Buffer) => {
-      buf += d.toString()
-      for (const line of buf.split("\n")) {
-        if (!line.includes('"listening"')) continue
-        const parsed = JSON.parse(line) as { port?: number; annotations?: { port?: number } }
-        const port = parsed.port ?? parsed.annotations?.port
-        if (port !== undefined) resolve({ child, port })
-      }
-    })
-    child.on("exit", (code) => reject(new Error(`server exited early with ${code}`)))
-  })
-
-const peakRssMb = (pid: number) => {
-  const status = Fs.readFileSync(`/proc/${pid}/status`, "utf8")
-  const kb = Number(/VmHWM:\s+(\d+)/.exec(status)?.[1] ?? 0)
-  return kb / 1024
+const SCENARIOS = ["stages", "throughput", "latency", "storm", "idle", "burst", "workers", "ratelimit"] as const
+const only = args.only === undefined ? undefined : new Set(args.only.split(",").map((s) => s.trim()))
+for (const name of only ?? []) {
+  if (!(SCENARIOS as ReadonlyArray<string>).includes(name)) {
+    console.error(`unknown scenario ${name}; one of ${SCENARIOS.join(", ")}`)
+    process.exit(2)
+  }
 }
-
-const stop = (s: Server) =>
-  new Promise<void>((resolve) => {
-    s.child.removeAllListeners("exit")
-    s.child.on("exit", () => resolve())
-    s.child.kill("SIGTERM")
-  })
+const wanted = (name: (typeof SCENARIOS)[number]) => only === undefined || only.has(name)
 
 interface Row extends LoadResult {
   readonly server: string
   readonly rssMb: number
+  /** CPU of the load generator (this process) over the measured run, in cores (1 = one core busy). */
+  readonly loadCpu: number
+  /** CPU of the server's process tree over the measured run, in cores. */
+  readonly serverCpu: number
+  /** Processes in the server's tree at the end of the run (1 unless it has workers). */
+  readonly processes: number
 }
 
-const measure = async (name: string, server: () => Promise<Server>, load: Omit<LoadOptions, "port">) => {
+/** Starts a server, warms it up for 1 s, runs `load` against it and stops it. */
+const measure = async (name: string, server: () => Promise<Server>, load: Omit<LoadOptions, "port">): Promise<Row> => {
   const s = await server()
   await runLoad({ ...load, port: s.port, durationMs: 1_000, devicePrefix: `${load.devicePrefix}-warm` }) // warm-up
+  const serverBefore = treeCpu(s.pid)
+  const loadBefore = process.cpuUsage()
+  const wallBefore = performance.now()
   const r = await runLoad({ ...load, port: s.port })
-  const rssMb = peakRssMb(s.child.pid!)
-  await stop(s)
-  return { server: name, rssMb, ...r } satisfies Row
+  const wallMs = performance.now() - wallBefore
+  const loadUsage = process.cpuUsage(loadBefore)
+  const serverMs = cpuDeltaMs(serverBefore, treeCpu(s.pid))
+  const tree = processTree(s.pid)
+  const rssMb = tree.reduce((sum, p) => sum + statusKb(p, "VmHWM"), 0) / 1024 // peak, summed over workers
+  await stopServer(s)
+  return {
+    server: name,
+    rssMb,
+    loadCpu: (loadUsage.user + loadUsage.system) / 1000 / wallMs,
+    serverCpu: serverMs / wallMs,
+    processes: tree.length,
+    ...r
+  }
 }
 
-const baseline = () => start(["bench/baseline.ts", "0"], {})
-const gateway = (dataDir: string, env: NodeJS.ProcessEnv = {}) => () =>
-  start([
-    "--disable-warning=ExperimentalWarning",
-    `--max-semi-space-size=${args["semi-space"]}`,
-    ...(args["old-space"] === undefined ? [] : [`--max-old-space-size=${args["old-space"]}`]),
-    "src/main.ts"
-  ], {
-    GATEWAY_PORT: "0",
-    GATEWAY_ADMIN_PORT: "0",
-    GATEWAY_DATA_DIR: dataDir,
-    GATEWAY_MAX_CONNECTIONS: "20000",
-    ...env
-  })
+const baseline = () => startServer(["bench/baseline.ts", "0"], {})
+const gateway = (dataDir: string, env: NodeJS.ProcessEnv = {}) => () => startServer(gatewayArgv(flags), gatewayEnv(dataDir, env))
 
 /** A stages file with the example stages that need no service. */
 const exampleStages = (dir: string) => {
@@ -106,44 +130,102 @@ const exampleStages = (dir: string) => {
   return file
 }
 
-const scenarios: Record<string, Omit<LoadOptions, "port">> = {
+const loads: Record<"throughput" | "latency", Omit<LoadOptions, "port">> = {
   throughput: { connections: 50, window: 256, rate: 0, eventRatio: 0, durationMs: seconds * 1000, devicePrefix: "tp" },
   latency: { connections: 1000, window: 64, rate: 20_000, eventRatio: 0.05, durationMs: seconds * 1000, devicePrefix: "lat" }
 }
 
-const fmt = (n: number, d = 0) => n.toLocaleString("en-US", { maximumFractionDigits: d, minimumFractionDigits: d })
+const heading = (name: string, load: Omit<LoadOptions, "port">) => {
+  const pace = load.rate > 0 ? `${fmt(load.rate)} msgs/s` : "unpaced"
+  return `\n### ${name}: ${load.connections} connections × window ${load.window}, ${pace}, ${fmt(load.eventRatio * 100)}% events, ${seconds} s`
+}
+
+/** The throughput and latency scenarios: the baseline, the gateway, and (throughput) the gateway with stages. */
+const loadScenario = async (name: "throughput" | "latency"): Promise<Array<string>> => {
+  const load = loads[name]
+  const dataDir = tempDir()
+  const raw = await measure("raw node:net", baseline, load)
+  const gw = await measure("gateway (sqlite)", gateway(dataDir), load)
+  const servers = [raw, gw]
+  if (name === "throughput") {
+    const stagedDir = tempDir()
+    const staged = gateway(stagedDir, { GATEWAY_STAGES_FILE: exampleStages(stagedDir) })
+    servers.push(await measure("gateway (sqlite) + 2 example stages", staged, load))
+    removeDir(stagedDir)
+  }
+  removeDir(dataDir)
+  return [
+    heading(name, load),
+    "| server | acked msgs/s | p50 ms | p99 ms | max ms | peak RSS MB | nacks |",
+    "|---|---:|---:|---:|---:|---:|---:|",
+    ...servers.map((r) =>
+      `| ${r.server} | ${fmt(r.msgsPerSec)} | ${fmt(r.p50Ms, 2)} | ${fmt(r.p99Ms, 2)} | ${fmt(r.maxMs, 1)} | ${fmt(r.rssMb)} | ${r.nacked} |`
+    ),
+    `gateway/raw throughput ratio: ${fmt(gw.msgsPerSec / raw.msgsPerSec, 3)}`
+  ]
+}
+
+/** The throughput load against the baseline and GATEWAY_WORKERS=1 and 2, with CPU shares. */
+const workersScenario = async (): Promise<Array<string>> => {
+  const load = { ...loads.throughput, devicePrefix: "wk" }
+  const raw = await measure("raw node:net", baseline, load)
+  const rows = [raw]
+  for (const workers of [1, 2]) {
+    const dataDir = tempDir()
+    rows.push(await measure(`gateway, GATEWAY_WORKERS=${workers}`, gateway(dataDir, { GATEWAY_WORKERS: String(workers) }), load))
+    removeDir(dataDir)
+  }
+  const [, one, two] = rows
+  const pct = (cores: number) => `${fmt(cores * 100)}%`
+  return [
+    heading("workers", load).replace("\n### workers:", `\n### workers: GATEWAY_WORKERS 1 vs 2,`),
+    `CPU in % of one core over the measured interval (${Os.cpus().length} cores: ${Os.cpus().length * 100}% is all of them); server = the process and its children`,
+    "| server | acked msgs/s | p50 ms | p99 ms | peak RSS MB (sum) | load generator CPU | server CPU | server processes | nacks |",
+    "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ...rows.map((r) =>
+      `| ${r.server} | ${fmt(r.msgsPerSec)} | ${fmt(r.p50Ms, 2)} | ${fmt(r.p99Ms, 2)} | ${fmt(r.rssMb)} | ${pct(r.loadCpu)} | ${pct(r.serverCpu)} | ${r.processes} | ${r.nacked} |`
+    ),
+    `2 workers / 1 worker: ${fmt(two!.msgsPerSec / one!.msgsPerSec, 3)}; 1 worker / raw: ${fmt(one!.msgsPerSec / raw.msgsPerSec, 3)}; 2 workers / raw: ${
+      fmt(two!.msgsPerSec / raw.msgsPerSec, 3)
+    }`
+  ]
+}
 
 const main = async () => {
   console.log(`node ${process.version}, ${Os.cpus().length} cores, ${Os.cpus()[0]?.model ?? "?"}`)
   const lines: Array<string> = []
-  if (args.only === undefined || args.only === "stages") {
-    lines.push("\n### stages: cost per message (in process, best of 5)")
-    lines.push(stageTable(await runStageBench()))
-    console.log(lines.slice(-2).join("\n"))
+  const emit = (block: ReadonlyArray<string>) => {
+    lines.push(...block)
+    console.log(block.join("\n"))
   }
-  for (const [name, load] of Object.entries(scenarios)) {
-    if (args.only !== undefined && args.only !== name) continue
-    const dataDir = Fs.mkdtempSync(Path.join(Os.tmpdir(), "gw-bench-"))
-    const raw = await measure("raw node:net", baseline, load)
-    const gw = await measure("gateway (sqlite)", gateway(dataDir), load)
-    const servers = [raw, gw]
-    if (name === "throughput") {
-      const stagedDir = Fs.mkdtempSync(Path.join(Os.tmpdir(), "gw-bench-"))
-      const staged = gateway(stagedDir, { GATEWAY_STAGES_FILE: exampleStages(stagedDir) })
-      servers.push(await measure("gateway (sqlite) + 2 example stages", staged, load))
-      Fs.rmSync(stagedDir, { recursive: true, force: true })
-    }
-    Fs.rmSync(dataDir, { recursive: true, force: true })
-    const pace = load.rate > 0 ? `${fmt(load.rate)} msgs/s` : "unpaced"
-    lines.push(`\n### ${name}: ${load.connections} connections × window ${load.window}, ${pace}, ${fmt(load.eventRatio * 100)}% events, ${seconds} s`)
-    lines.push("| server | acked msgs/s | p50 ms | p99 ms | max ms | peak RSS MB | nacks |")
-    lines.push("|---|---:|---:|---:|---:|---:|---:|")
-    for (const r of servers) {
-      lines.push(`| ${r.server} | ${fmt(r.msgsPerSec)} | ${fmt(r.p50Ms, 2)} | ${fmt(r.p99Ms, 2)} | ${fmt(r.maxMs, 1)} | ${fmt(r.rssMb)} | ${r.nacked} |`)
-    }
-    lines.push(`gateway/raw throughput ratio: ${fmt(gw.msgsPerSec / raw.msgsPerSec, 3)}`)
-    console.log(lines.slice(-(4 + servers.length)).join("\n"))
+  if (wanted("stages")) emit(["\n### stages: cost per message (in process, best of 5)", stageTable(await runStageBench())])
+  if (wanted("throughput")) emit(await loadScenario("throughput"))
+  if (wanted("latency")) emit(await loadScenario("latency"))
+  if (wanted("storm")) {
+    const timeoutMs = Number(args.timeout) * 1000
+    emit([stormTable(await runStorm({ devices: Number(args.devices), timeoutMs, flags }), timeoutMs)])
   }
+  if (wanted("idle")) {
+    const o = { connections: Number(args.connections), settleMs: 3_000, flags }
+    emit([idleTable(await runIdle(o), o)])
+  }
+  if (wanted("burst")) {
+    const o = {
+      seconds: Number(args.seconds ?? 30),
+      sinkRate: Number(args["sink-rate"]),
+      factor: Number(args.factor),
+      devices: Number(args["burst-devices"]),
+      window: Number(args["burst-window"]),
+      eventRatio: 0.05,
+      pingers: 20,
+      memoryBudgetMiB: Number(args["memory-budget"]),
+      finalWaitMs: 10_000,
+      flags
+    }
+    emit([burstTable(await runBurst(o), o)])
+  }
+  if (wanted("workers")) emit(await workersScenario())
+  if (wanted("ratelimit")) emit([rateLimitTable(runRateLimitBench())])
   console.log("\n" + lines.join("\n"))
 }
 
