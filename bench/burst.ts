@@ -212,13 +212,17 @@ export const runBurst = async (o: BurstOptions): Promise<BurstResult> => {
   const sample = () => (r.maxRssMb = Math.max(r.maxRssMb, statusKb(server.pid, "VmRSS") / 1024))
   const sampler = setInterval(sample, 500)
   const progress = async (label: string) => {
-    const used = metricSum(await scrapeMetrics(server.adminPort), "gateway_memory_used_bytes")
+    const samples = await scrapeMetrics(server.adminPort)
+    const used = metricSum(samples, "gateway_memory_used_bytes")
+    const lag = metricSum(samples, "nodejs_eventloop_lag_max_seconds")
     const other = Object.entries(r.nacks).filter(([k]) => !k.startsWith("telemetry shed")).reduce((s, [, v]) => s + v, 0)
     console.log(`${label.padStart(6)} rss ${fmt(statusKb(server.pid, "VmRSS") / 1024)} MB${
       used === undefined ? "" : ` (budget used ${fmt(used / 1048576)} MiB)`
     } | acked ${fmt(r.telemetryAcked + r.eventsAcked)} | shed ${fmt(r.telemetryShed)} | other nacks ${fmt(other)} | events sent ${
       fmt(r.eventsSent)
-    } acked ${fmt(r.eventsAcked)} | not offered ${fmt(r.notOffered)} | ping p99 ${fmt(pct(r.ping, 0.99), 1)} ms`)
+    } acked ${fmt(r.eventsAcked)} | not offered ${fmt(r.notOffered)} | ping p99 ${fmt(pct(r.ping, 0.99), 1)} ms${
+      lag === undefined ? "" : ` | gateway event-loop delay max ${fmt(lag * 1000, 1)} ms`
+    }`)
   }
   console.log(`burst: ${o.devices} devices at ${fmt(o.sinkRate * o.factor)} msgs/s total (${fmt(1000 / interval, 1)}/s each), sink ${
     fmt(o.sinkRate)
