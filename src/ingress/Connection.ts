@@ -22,7 +22,7 @@ import type { AdmissionShape } from "../admission/Admission.ts"
 import { DeviceRateLimit } from "../admission/DeviceRateLimit.ts"
 import { type Budget, messageCost } from "../admission/MemoryBudget.ts"
 import type { GatewayConfigShape } from "../config/GatewayConfig.ts"
-import type { DeviceAuthShape } from "../auth/DeviceRegistry.ts"
+import type { DeviceAuthShape, RateLimits } from "../auth/DeviceRegistry.ts"
 import type { Envelope } from "../domain/Envelope.ts"
 import type { ErrorCode, ValidationError } from "../domain/Errors.ts"
 import { decodeHello, errorFrame, goawayFrame, type Kind, nackFrame, PONG, welcomeFrame } from "../domain/Frames.ts"
@@ -56,6 +56,8 @@ export interface ConnectionEnv {
   readonly admission: AdmissionShape
   /** Turns for big socket reads, so control traffic is never stuck behind a flood. */
   readonly slices: ReadSlices
+  /** Rate limits of devices whose registry entry names no class. */
+  readonly defaultLimits: RateLimits
 }
 
 /** Above this many unsent output bytes the connection stops reading until the socket drains. */
@@ -65,27 +67,37 @@ const GOAWAY_RETRY_MS = 1_000
 
 type State = "hello" | "authenticating" | "open" | "closing" | "closed"
 
+/**
+ * The data frames of the socket read being handled, waiting for the ingest stages, with their
+ * tickets and sizes. Shared by every connection: a read is handled synchronously from its first
+ * frame to `ingest`, which empties them, so no two connections ever use them at once (and an
+ * idle connection holds no arrays of its own).
+ */
+const SCRATCH = { raws: [] as Array<RawData>, tickets: [] as Array<number>, sizes: [] as Array<number> }
+
 /** The protocol state machine of one socket; its `run` is the connection's fiber. */
 export class Connection implements Replier, Replaceable {
   private state: State = "hello"
-  private readonly hello = new HelloReader()
+  /** Reads the hello; dropped once it is read. */
+  private hello: HelloReader | undefined = new HelloReader()
   /** The hello line, between its arrival and the session's opening. */
   private helloText = ""
   private helloTimer: ReturnType<typeof setTimeout> | undefined = undefined
   /** The hello deadline passed while a read was still waiting to be looked at. */
   private helloExpired = false
-  private readonly framer: LineFramer
+  /** Made at welcome: before it only the hello reader reads. */
+  private framer: LineFramer | undefined = undefined
+  /** The frame handler given to the framer, bound once. */
+  private readonly onFrameBound = (buf: Buffer, start: number, end: number) => this.onFrame(buf, start, end)
   private readonly answers = new OrderedAnswers()
   private device = ""
   private epoch = 0
   private kinds: ReadonlySet<Kind> = new Set()
+  /** The device's rate limits, until its first data frame makes the limiter (idle devices never pay for one). */
+  private limits: RateLimits | undefined = undefined
   private limiter: DeviceRateLimit | undefined = undefined
   /** Events waiting for room in the critical lane, in send order. */
   private held: Array<InFlight> = []
-  /** Data frames of the current socket read, waiting for the ingest stages, and their tickets. */
-  private readonly raws: Array<RawData> = []
-  private readonly tickets: Array<number> = []
-  private readonly sizes: Array<number> = []
   private pumping = false
   private draining = false
   private offered = 0
@@ -105,34 +117,36 @@ export class Connection implements Replier, Replaceable {
   constructor(socket: Net.Socket, env: ConnectionEnv) {
     this.socket = socket
     this.env = env
-    this.framer = new LineFramer(env.config.maxFrameBytes)
   }
 
   /** The connection's fiber: reads until the socket ends or the protocol closes it. */
-  readonly run: Effect.Effect<void> = Effect.suspend(() => {
-    const s = this.socket
-    s.on("data", (chunk: Buffer) => {
-      this.chunks.push(chunk)
-      s.pause()
-      this.wake()
-    })
-    s.on("end", () => {
-      this.ended = true
-      this.wake()
-    })
-    s.on("close", () => this.onGone())
-    s.on("error", () => this.onGone())
-    s.on("drain", () => this.wake())
-    s.on("timeout", () => this.onTimeout())
-    s.setNoDelay(true)
-    // absolute, from the accept: bytes that are not a hello (a blank line every second) do not extend it
-    this.helloTimer = setTimeout(() => this.onHelloDeadline(), this.env.config.helloTimeoutMs)
-    s.resume()
-    return this.loop
-  }).pipe(
-    Effect.ensuring(Effect.sync(() => this.finish())),
-    Effect.withSpan("gateway.connection", { kind: "server" })
-  )
+  run(): Effect.Effect<void> {
+    return Effect.suspend(() => {
+      const s = this.socket
+      s.on("data", (chunk: Buffer) => {
+        this.chunks.push(chunk)
+        s.pause()
+        this.wake()
+      })
+      s.on("end", () => {
+        this.ended = true
+        this.wake()
+      })
+      s.on("close", () => this.onGone())
+      s.on("error", () => this.onGone())
+      s.on("drain", () => this.wake())
+      s.on("timeout", () => this.onTimeout())
+      s.setNoDelay(true)
+      // absolute, from the accept: bytes that are not a hello (a blank line every second) do not extend it
+      this.helloTimer = setTimeout(() => this.onHelloDeadline(), this.env.config.helloTimeoutMs)
+      s.resume()
+      return this.loop
+    }).pipe(
+      Effect.ensuring(Effect.sync(() => this.finish())),
+      // a span per connection only when traces are exported (it costs memory per idle device)
+      (run) => this.env.tracer.enabled ? Effect.withSpan(run, "gateway.connection", { kind: "server" }) : run
+    )
+  }
 
   private readonly loop: Effect.Effect<void> = Effect.gen({ self: this }, function*() {
     while (true) {
@@ -140,18 +154,18 @@ export class Connection implements Replier, Replaceable {
       if (this.state === "closed") break
       const next = this.chunks[0]
       if (next !== undefined && next.length > SMALL_READ_BYTES && this.state === "open" && !this.env.slices.tryEnter(performance.now())) {
-        yield* this.nextSlice
+        yield* this.nextSlice()
         continue
       }
       const chunk = this.chunks.shift()
       if (chunk !== undefined) this.process(chunk)
       else if (this.state === "open") this.state = "closing" // peer half-closed: answer what is pending
       else break
-      if (this.state === "authenticating") yield* this.openSession
+      if (this.state === "authenticating") yield* this.openSession()
       this.afterChunk()
       if (this.held.length > 0 && !this.pumping) {
         this.pumping = true // set before the fork: the child starts later, and only one pump may run
-        yield* Effect.forkChild(this.pump)
+        yield* Effect.forkChild(this.pump())
       }
       if (this.state === "closing") {
         yield* this.waitUntil(() => this.answers.inflight === 0 || this.state === "closed")
@@ -164,9 +178,11 @@ export class Connection implements Replier, Replaceable {
   })
 
   /** Suspends until the next read slice begins. */
-  private readonly nextSlice: Effect.Effect<void> = Effect.callback<void>((resume) => {
-    this.env.slices.later(() => resume(Effect.void))
-  })
+  private nextSlice(): Effect.Effect<void> {
+    return Effect.callback<void>((resume) => {
+      this.env.slices.later(() => resume(Effect.void))
+    })
+  }
 
   /** Suspends until `ready()` holds; re-checked whenever the connection is woken. */
   private waitUntil(ready: () => boolean): Effect.Effect<void> {
@@ -204,7 +220,7 @@ export class Connection implements Replier, Replaceable {
 
   /** Bytes this connection holds in buffers: the unfinished hello or frame, a pending read, unsent answers. */
   get bufferedBytes(): number {
-    let n = this.hello.bufferedBytes + this.framer.bufferedBytes + this.socket.writableLength + this.out.length
+    let n = (this.hello?.bufferedBytes ?? 0) + (this.framer?.bufferedBytes ?? 0) + this.socket.writableLength + this.out.length
     for (const c of this.chunks) n += c.length
     return n
   }
@@ -216,7 +232,8 @@ export class Connection implements Replier, Replaceable {
     // every frame of a chunk arrived at the same moment: read the clocks once per chunk
     this.arrivedAt = performance.now()
     this.receivedAt = Date.now()
-    const tooLarge = this.framer.push(chunk, (buf, start, end) => this.onFrame(buf, start, end))
+    this.framer ??= new LineFramer(this.env.config.maxFrameBytes)
+    const tooLarge = this.framer.push(chunk, this.onFrameBound)
     this.ingest()
     if (tooLarge !== undefined && this.state !== "closed") {
       this.fatal("frame_too_large", `frame exceeds maxFrameBytes (${this.env.config.maxFrameBytes})`, "protocol_error")
@@ -225,7 +242,7 @@ export class Connection implements Replier, Replaceable {
 
   /** Before welcome: only the hello is read (a few KB at most); what follows waits for the session. */
   private readHello(chunk: Buffer): void {
-    const read = this.hello.push(chunk)
+    const read = this.hello!.push(chunk)
     if (read._tag === "Pending") {
       if (this.helloExpired) this.fatal("timeout", "no hello in time", "timeout")
       return
@@ -234,6 +251,7 @@ export class Connection implements Replier, Replaceable {
       return this.fatal("protocol", `first line exceeds ${HELLO_MAX_BYTES} bytes: not a hello`, "protocol_error")
     }
     clearTimeout(this.helloTimer)
+    this.hello = undefined
     if (!isUtf8(read.line)) return this.fatal("protocol", "frame is not valid UTF-8", "protocol_error")
     this.helloText = read.line.toString("utf8")
     if (read.rest !== undefined) this.chunks.unshift(read.rest)
@@ -294,6 +312,10 @@ export class Connection implements Replier, Replaceable {
     if (typeof seq !== "number" || !Number.isSafeInteger(seq) || seq < 0) {
       return this.fatal("protocol", "data frame without a valid seq (integer 0..2^53-1): it cannot be answered", "protocol_error")
     }
+    if (this.limits !== undefined) {
+      this.limiter = DeviceRateLimit.of(this.limits, this.receivedAt)
+      this.limits = undefined
+    }
     const wait = this.limiter === undefined || this.draining ? 0 : this.limiter.admit(size, this.receivedAt)
     if (wait > 0) {
       this.answers.resolve(this.answers.open(), nackFrame(seq, "rate_limited", "device over its rate limit", wait))
@@ -312,7 +334,7 @@ export class Connection implements Replier, Replaceable {
       Metrics.record(Metrics.errors("AuthError"), 1)
       return Metrics.record(Metrics.messages(kind, "forbidden"), 1)
     }
-    this.raws.push({
+    SCRATCH.raws.push({
       device: this.device,
       epoch: this.epoch,
       kind,
@@ -321,8 +343,8 @@ export class Connection implements Replier, Replaceable {
       receivedAt: this.receivedAt,
       gateway: this.env.config.gatewayId
     })
-    this.tickets.push(ticket)
-    this.sizes.push(size)
+    SCRATCH.tickets.push(ticket)
+    SCRATCH.sizes.push(size)
   }
 
   /**
@@ -330,9 +352,9 @@ export class Connection implements Replier, Replaceable {
    * settled message is answered at once, the others go to their lane.
    */
   private ingest(): void {
-    const raws = this.raws
+    const raws = SCRATCH.raws
     if (raws.length === 0) return
-    const tickets = this.tickets
+    const tickets = SCRATCH.tickets
     const env = this.env
     const { passed, passedAt, stops, stoppedAt } = env.ingest.runSync(raws)
     if (stops.length > 0) {
@@ -356,7 +378,7 @@ export class Connection implements Replier, Replaceable {
         envelope: traced === undefined ? validated : { ...validated, traceparent: traced.traceparent },
         replier: this,
         ticket: tickets[at]!,
-        bytes: this.sizes[at]!,
+        bytes: SCRATCH.sizes[at]!,
         arrivedAt: this.arrivedAt,
         span: traced?.span
       }
@@ -367,7 +389,7 @@ export class Connection implements Replier, Replaceable {
     // the arrays are reused for the next socket read (nothing above keeps them)
     raws.length = 0
     tickets.length = 0
-    this.sizes.length = 0
+    SCRATCH.sizes.length = 0
   }
 
   /**
@@ -375,18 +397,20 @@ export class Connection implements Replier, Replaceable {
    * "pump stopped" are decided in one synchronous step, so an event held meanwhile is never
    * stranded.
    */
-  private readonly pump: Effect.Effect<void> = Effect.gen({ self: this }, function*() {
-    while (true) {
-      const batch = this.held
-      if (batch.length === 0) {
-        this.pumping = false
-        return
+  private pump(): Effect.Effect<void> {
+    return Effect.gen({ self: this }, function*() {
+      while (true) {
+        const batch = this.held
+        if (batch.length === 0) {
+          this.pumping = false
+          return
+        }
+        this.held = []
+        yield* this.env.lanes.offerEvents(batch)
+        this.env.lanes.notify()
       }
-      this.held = []
-      yield* this.env.lanes.offerEvents(batch)
-      this.env.lanes.notify()
-    }
-  }).pipe(Effect.onInterrupt(() => Effect.sync(() => (this.pumping = false))))
+    }).pipe(Effect.onInterrupt(() => Effect.sync(() => (this.pumping = false))))
+  }
 
   private afterChunk(): void {
     if (this.offered > 0) {
@@ -398,39 +422,38 @@ export class Connection implements Replier, Replaceable {
 
   // ---- session ----
 
-  private readonly openSession: Effect.Effect<void> = Effect.gen({ self: this }, function*() {
-    const hello = this.parseHello(this.helloText)
-    this.helloText = ""
-    if (hello === undefined) return
-    const { config, auth, sessions, sink, admission } = this.env
-    const authed = auth.authenticate(hello.device, hello.token)
-    if (Result.isFailure(authed)) {
-      Metrics.record(Metrics.errors("AuthError"), 1)
-      return this.fatal("auth", authed.failure.message, "auth_failed")
-    }
-    if (this.env.lifecycle.isDraining()) return this.fatal("shutdown", "gateway is shutting down", "shutdown")
-    const now = Date.now()
-    const refusal = admission.atHello(hello.device, hello.resume, now)
-    if (refusal !== undefined) {
-      Metrics.record(Metrics.errors("OverloadError"), 1)
-      return this.fatal("busy", refusal.message, "busy", refusal.retryAfterMs)
-    }
-    const lastSeq = yield* Effect.orElseSucceed(sink.lastSeq(hello.device, hello.epoch ?? 0), () => null)
-    if (this.state === "closed") return
-    this.device = hello.device
-    this.epoch = hello.epoch ?? 0
-    this.kinds = authed.success.kinds
-    this.limiter = DeviceRateLimit.of(
-      authed.success.limits ?? { msgsPerSec: config.deviceMsgsPerSec, bytesPerSec: config.deviceBytesPerSec },
-      now
-    )
-    sessions.claim(this.device, this)
-    this.state = "open"
-    this.socket.setTimeout(Math.ceil(config.keepaliveMs * 1.5))
-    this.out += welcomeFrame(randomUUID(), config.keepaliveMs, config.maxFrameBytes, lastSeq)
-    Metrics.record(Metrics.connections("accepted"), 1)
-    yield* Effect.annotateCurrentSpan({ "device.id": this.device, "device.epoch": this.epoch })
-  })
+  private openSession(): Effect.Effect<void> {
+    return Effect.gen({ self: this }, function*() {
+      const hello = this.parseHello(this.helloText)
+      this.helloText = ""
+      if (hello === undefined) return
+      const { config, auth, sessions, sink, admission } = this.env
+      const authed = auth.authenticate(hello.device, hello.token)
+      if (Result.isFailure(authed)) {
+        Metrics.record(Metrics.errors("AuthError"), 1)
+        return this.fatal("auth", authed.failure.message, "auth_failed")
+      }
+      if (this.env.lifecycle.isDraining()) return this.fatal("shutdown", "gateway is shutting down", "shutdown")
+      const now = Date.now()
+      const refusal = admission.atHello(hello.device, hello.resume, now)
+      if (refusal !== undefined) {
+        Metrics.record(Metrics.errors("OverloadError"), 1)
+        return this.fatal("busy", refusal.message, "busy", refusal.retryAfterMs)
+      }
+      const lastSeq = yield* Effect.orElseSucceed(sink.lastSeq(hello.device, hello.epoch ?? 0), () => null)
+      if (this.state === "closed") return
+      this.device = hello.device
+      this.epoch = hello.epoch ?? 0
+      this.kinds = authed.success.kinds
+      this.limits = authed.success.limits ?? this.env.defaultLimits
+      sessions.claim(this.device, this)
+      this.state = "open"
+      this.socket.setTimeout(Math.ceil(config.keepaliveMs * 1.5))
+      this.out += welcomeFrame(randomUUID(), config.keepaliveMs, config.maxFrameBytes, lastSeq)
+      Metrics.record(Metrics.connections("accepted"), 1)
+      yield* Effect.annotateCurrentSpan({ "device.id": this.device, "device.epoch": this.epoch })
+    })
+  }
 
   private parseHello(text: string) {
     let frame: unknown

@@ -59,8 +59,9 @@ export class Listener extends Context.Service<Listener, ListenerShape>()("gatewa
   static readonly layer = Layer.effect(
     Listener,
     Effect.gen(function*() {
+      const config = yield* GatewayConfig
       const env: ConnectionEnv = {
-        config: yield* GatewayConfig,
+        config,
         auth: yield* DeviceAuth,
         sessions: yield* SessionRegistry,
         lanes: yield* Lanes,
@@ -70,9 +71,10 @@ export class Listener extends Context.Service<Listener, ListenerShape>()("gatewa
         lifecycle: yield* Lifecycle,
         budget: yield* MemoryBudget,
         admission: yield* Admission,
-        slices: new ReadSlices(READ_SLICE_MS)
+        slices: new ReadSlices(READ_SLICE_MS),
+        defaultLimits: { msgsPerSec: config.deviceMsgsPerSec, bytesPerSec: config.deviceBytesPerSec }
       }
-      const { config, lifecycle, admission, budget } = env
+      const { lifecycle, admission, budget } = env
       const runFork = yield* FiberSet.makeRuntime<never, void, never>()
       const open = new Set<Connection>()
       let refusing = 0
@@ -88,7 +90,7 @@ export class Listener extends Context.Service<Listener, ListenerShape>()("gatewa
         const conn = new Connection(socket, env)
         open.add(conn)
         Metrics.record(Metrics.connectionsActive, open.size)
-        const fiber = runFork(conn.run)
+        const fiber = runFork(conn.run())
         fiber.addObserver(() => {
           open.delete(conn)
           Metrics.record(Metrics.connectionsActive, open.size)
