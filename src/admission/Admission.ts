@@ -2,9 +2,9 @@
  * Admission control (DESIGN.md's first box): who may connect, decided in two steps.
  * - At accept (before any fiber exists): the connection cap (lowered to fit the open-files
  *   limit), the drain, and the memory budget. Refused sockets get `error busy`.
- * - At hello (after authentication): flapping bans, then, unless the hello carries a valid
+ * - At hello (after authentication): a flapping ban, then, unless the hello carries a valid
  *   resume hint from a `goaway`, the saturation rule (lanes or memory above the high
- *   watermark) and the accept-rate token bucket.
+ *   watermark) and the accept-rate token bucket; what passes counts toward flapping.
  * Every `busy` carries a jittered `retryAfterMs` spread over a window sized to the backlog (the
  * refusals of the last second over the accept rate), so a storm of N devices comes back at
  * about the rate the node admits, not all at once.
@@ -13,7 +13,7 @@ import { Context, Effect, Layer, Option, Redacted } from "effect"
 import { GatewayConfig } from "../config/GatewayConfig.ts"
 import * as Metrics from "../observability/Metrics.ts"
 import { Lanes } from "../pipeline/Lanes.ts"
-import { connectionCap, openFilesLimit, RESERVED_DESCRIPTORS } from "./FileLimit.ts"
+import { connectionCap, openFilesLimit, reservedDescriptors } from "./FileLimit.ts"
 import { FlapGuard } from "./FlapGuard.ts"
 import { MemoryBudget } from "./MemoryBudget.ts"
 import { ResumeHints, secretFromDataDir } from "./ResumeHint.ts"
@@ -56,10 +56,11 @@ export class Admission extends Context.Service<Admission, AdmissionShape>()("gat
       const lanes = yield* Lanes
       const budget = yield* MemoryBudget
       const limit = openFilesLimit()
+      const reserved = limit === undefined ? 0 : reservedDescriptors(limit)
       const cap = connectionCap(config.maxConnections, limit)
       if (cap < config.maxConnections) {
         yield* Effect.logWarning("open-files limit below GATEWAY_MAX_CONNECTIONS: connection cap lowered").pipe(
-          Effect.annotateLogs({ openFilesLimit: limit, maxConnections: config.maxConnections, cap, reserved: RESERVED_DESCRIPTORS })
+          Effect.annotateLogs({ openFilesLimit: limit, maxConnections: config.maxConnections, cap, reserved })
         )
       }
       const hints = new ResumeHints(
@@ -96,7 +97,7 @@ export class Admission extends Context.Service<Admission, AdmissionShape>()("gat
         return { reason, message, retryAfterMs }
       }
       const descriptorsLeft = (open: number, refusing: number) =>
-        limit === undefined ? Infinity : limit - RESERVED_DESCRIPTORS / 2 - open - refusing
+        limit === undefined ? Infinity : limit - reserved / 4 - open - refusing
 
       return Admission.of({
         maxConnections: cap,
@@ -111,22 +112,24 @@ export class Admission extends Context.Service<Admission, AdmissionShape>()("gat
           return undefined
         },
         atHello: (device, resume, nowMs) => {
+          const banned = flaps.bannedFor(device, nowMs)
+          if (banned > 0) return refuse("flapping", "device reconnects too often: banned for a while", nowMs, banned)
+          if (!hints.verify(device, resume, nowMs)) {
+            if (budget.isHigh() || lanes.fill() >= SATURATED) {
+              return refuse("saturated", "gateway saturated, retry later", nowMs)
+            }
+            if (bucket.take(1, nowMs) > 0) return refuse("rate", "too many new connections, retry later", nowMs)
+          }
+          // only admitted connections count toward flapping (refusals the gateway caused do not)
           const flap = flaps.connect(device, nowMs)
           if (flap.waitMs > 0) {
-            if (flap.justBanned) {
-              Metrics.record(Metrics.flapBans, 1)
-            }
+            if (flap.justBanned) Metrics.record(Metrics.flapBans, 1)
             return refuse("flapping", "device reconnects too often: banned for a while", nowMs, flap.waitMs)
           }
-          if (hints.verify(device, resume, nowMs)) return undefined
-          if (budget.isHigh() || lanes.fill() >= SATURATED) {
-            return refuse("saturated", "gateway saturated, retry later", nowMs)
-          }
-          if (bucket.take(1, nowMs) > 0) return refuse("rate", "too many new connections, retry later", nowMs)
           return undefined
         },
         resumeHint: (device, nowMs) => hints.issue(device, nowMs),
-        tightOnDescriptors: (open, refusing) => descriptorsLeft(open, refusing) <= RESERVED_DESCRIPTORS / 4
+        tightOnDescriptors: (open, refusing) => descriptorsLeft(open, refusing) <= reserved / 2
       })
     })
   )

@@ -7,8 +7,12 @@
  */
 import * as Fs from "node:fs"
 
-/** Descriptors kept back from device connections. */
-export const RESERVED_DESCRIPTORS = 128
+/**
+ * Descriptors kept back from device connections: a quarter of the limit, at least 128. The
+ * reserve also absorbs a storm's refusals: each refused socket holds its descriptor until the
+ * event loop's turn ends, and past the limit libuv closes accepted sockets without a word.
+ */
+export const reservedDescriptors = (limit: number): number => Math.max(128, Math.floor(limit / 4))
 
 /** The soft open-files limit of this process (Linux `/proc/self/limits`), or undefined when unknown or unlimited. */
 export const openFilesLimit = (): number | undefined => {
@@ -23,4 +27,4 @@ export const openFilesLimit = (): number | undefined => {
 
 /** How many device connections fit under `limit`: the cap, or the limit less the reserve (at least 1). */
 export const connectionCap = (maxConnections: number, limit: number | undefined): number =>
-  limit === undefined ? maxConnections : Math.max(1, Math.min(maxConnections, limit - RESERVED_DESCRIPTORS))
+  limit === undefined ? maxConnections : Math.max(1, Math.min(maxConnections, limit - reservedDescriptors(limit)))

@@ -1,8 +1,9 @@
 /**
  * Flapping detection: a device whose connections start more than `limit` times within
  * `windowMs` is banned for `banMs` (its next connections get `error busy` with `retryAfterMs`
- * set to the ban's end). Only authenticated connections count, so nobody can ban a device by
- * using its id. The per-device records are bounded: least recently seen devices are evicted
+ * set to the ban's end). Only authenticated connections that the gateway admitted count: nobody
+ * can ban a device by using its id, and a device that obeys `busy` while the node is saturated
+ * is not taken for a flapping one. The per-device records are bounded: least recently seen devices are evicted
  * beyond `maxDevices` (Map insertion order is the recency order).
  */
 
@@ -35,8 +36,14 @@ export class FlapGuard {
     return this.records.size
   }
 
+  /** Milliseconds until `device`'s ban ends, 0 when it is not banned (counts nothing). */
+  bannedFor(device: string, nowMs: number): number {
+    const r = this.records.get(device)
+    return r === undefined || r.bannedUntil <= nowMs ? 0 : r.bannedUntil - nowMs
+  }
+
   /**
-   * Counts one connection of `device` at `nowMs`. Returns 0 when it may connect, else the
+   * Counts one admitted connection of `device` at `nowMs`. Returns 0 when it may connect, else the
    * milliseconds until its ban ends (`justBanned` tells the caller to count a new ban).
    */
   connect(device: string, nowMs: number): { readonly waitMs: number; readonly justBanned: boolean } {

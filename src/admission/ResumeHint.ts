@@ -13,9 +13,14 @@ import * as Path from "node:path"
 /** How long a hint stays valid after the goaway that carried it. */
 export const RESUME_VALID_MS = 120_000
 
+/** Hints remembered as used, at most (a used hint is refused again by this process). */
+const USED_MAX = 65_536
+
 /** Issues and checks resume hints with one secret. */
 export class ResumeHints {
   private readonly secret: Buffer
+  /** Hints already honoured, with their expiry, oldest first (bounded: oldest forgotten first). */
+  private readonly used = new Map<string, number>()
 
   constructor(secret: Buffer) {
     this.secret = secret
@@ -27,8 +32,25 @@ export class ResumeHints {
     return `${expiry}.${this.mac(device, expiry)}`
   }
 
-  /** True when `hint` was issued for `device` by a holder of the secret and has not expired. */
+  /**
+   * True when `hint` was issued for `device` by a holder of the secret, has not expired, and was
+   * not used before on this process (a hint admits once).
+   */
   verify(device: string, hint: unknown, nowMs: number): boolean {
+    if (!this.valid(device, hint, nowMs)) return false
+    const key = hint as string
+    if (this.used.has(key)) return false
+    if (this.used.size >= USED_MAX) {
+      for (const [k, expiry] of this.used) {
+        if (this.used.size < USED_MAX && expiry >= nowMs) break
+        this.used.delete(k)
+      }
+    }
+    this.used.set(key, nowMs + RESUME_VALID_MS)
+    return true
+  }
+
+  private valid(device: string, hint: unknown, nowMs: number): boolean {
     if (typeof hint !== "string" || hint.length > 64) return false
     const dot = hint.indexOf(".")
     if (dot <= 0) return false

@@ -61,7 +61,13 @@ export interface ConnectionEnv {
 }
 
 /** Above this many unsent output bytes the connection stops reading until the socket drains. */
-const MAX_OUTPUT_BYTES = 1 << 20
+const PAUSE_OUTPUT_BYTES = 64 * 1024
+/**
+ * Above this many unsent output bytes the device is not reading its answers (its pongs and
+ * acks): the connection is closed at once, so a few such devices cannot hold the node's memory.
+ * A well-behaved device has at most its window of acks (~30 bytes each) unsent.
+ */
+const MAX_OUTPUT_BYTES = 256 * 1024
 /** How long a device should wait before reconnecting after `goaway`. */
 const GOAWAY_RETRY_MS = 1_000
 
@@ -105,6 +111,11 @@ export class Connection implements Replier, Replaceable {
   private chunks: Array<Buffer> = []
   private ended = false
   private waiter: (() => void) | undefined = undefined
+  private wakeQueued = false
+  /** When the unfinished frame held by the framer began (epoch ms), 0 when none. */
+  private pendingSince = 0
+  /** A fatal error is being answered (no second one meanwhile). */
+  private failing = false
   /** `wake`, bound once (the memory budget calls it on relief). */
   private readonly wakeUp = () => this.wake()
   private result: Metrics.ConnectionResult = "closed"
@@ -202,14 +213,26 @@ export class Connection implements Replier, Replaceable {
     })
   }
 
+  /**
+   * Re-checks what the fiber waits for, in a microtask: a wake-up from another connection's
+   * work (an answer, a shed, budget relief) never runs this connection's loop in the middle of
+   * that work.
+   */
   private wake(): void {
+    if (this.waiter === undefined || this.wakeQueued) return
+    this.wakeQueued = true
+    queueMicrotask(this.wakeNow)
+  }
+
+  private readonly wakeNow = () => {
+    this.wakeQueued = false
     this.waiter?.()
   }
 
   private hasRoom(): boolean {
     const a = this.answers
     const { config, budget } = this.env
-    if (a.inflight >= config.maxInflight || this.socket.writableLength >= MAX_OUTPUT_BYTES) return false
+    if (a.inflight >= config.maxInflight || this.socket.writableLength >= PAUSE_OUTPUT_BYTES) return false
     if (a.pendingBytes >= config.connectionMaxBytes) return false
     if (a.inflight > 0 && budget.isHigh()) {
       budget.onRelief(this.wakeUp)
@@ -234,6 +257,14 @@ export class Connection implements Replier, Replaceable {
     this.receivedAt = Date.now()
     this.framer ??= new LineFramer(this.env.config.maxFrameBytes)
     const tooLarge = this.framer.push(chunk, this.onFrameBound)
+    // an unfinished frame must make progress: bytes dribbled in to keep the keepalive happy do
+    // not let a device pin up to maxFrameBytes of the node's buffers for ever
+    if (this.framer.bufferedBytes === 0) this.pendingSince = 0
+    else if (this.pendingSince === 0) this.pendingSince = this.receivedAt
+    else if (this.receivedAt - this.pendingSince > this.env.config.keepaliveMs * 1.5 && this.state === "open") {
+      this.ingest()
+      return this.fatal("timeout", "frame not finished within keepalive", "timeout")
+    }
     this.ingest()
     if (tooLarge !== undefined && this.state !== "closed") {
       this.fatal("frame_too_large", `frame exceeds maxFrameBytes (${this.env.config.maxFrameBytes})`, "protocol_error")
@@ -483,7 +514,12 @@ export class Connection implements Replier, Replaceable {
     const ready = this.answers.takeReady()
     const data = this.out + ready
     this.out = ""
-    if (data.length > 0 && this.state !== "closed") this.socket.write(data)
+    if (data.length > 0 && this.state !== "closed") {
+      this.socket.write(data)
+      if (this.socket.writableLength > MAX_OUTPUT_BYTES && !this.failing) {
+        return this.fatal("timeout", "device does not read its answers", "timeout")
+      }
+    }
     this.wake()
   }
 
@@ -515,10 +551,9 @@ export class Connection implements Replier, Replaceable {
 
   private onTimeout(): void {
     const s = this.socket
-    if (s.writableLength >= MAX_OUTPUT_BYTES) {
+    if (s.writableLength >= PAUSE_OUTPUT_BYTES) {
       // the device stopped reading its answers: give up on it
       this.fatal("timeout", "device does not read its answers", "timeout")
-      s.destroy()
     } else if (this.state === "closing" || (this.state === "open" && !this.hasRoom())) {
       // silence we caused (we stopped reading, or are answering a bye) is not the device's
       s.setTimeout(Math.ceil(this.env.config.keepaliveMs * 1.5))
@@ -535,7 +570,8 @@ export class Connection implements Replier, Replaceable {
   }
 
   private fatal(code: ErrorCode, message: string, result: Metrics.ConnectionResult, retryAfterMs?: number): undefined {
-    if (this.state === "closed") return undefined
+    if (this.state === "closed" || this.failing) return undefined
+    this.failing = true
     this.ingest() // frames read before the fatal one are answered (those already decided) before the error
     this.flush()
     if (result === "protocol_error") Metrics.record(Metrics.errors("ProtocolError"), 1)

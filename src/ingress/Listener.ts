@@ -85,7 +85,7 @@ export class Listener extends Context.Service<Listener, ListenerShape>()("gatewa
         const refusal = admission.atAccept(open.size, refusing, lifecycle.isDraining())
         if (refusal !== undefined) {
           refusing++
-          return refuseBusy(socket, refusal, admission.tightOnDescriptors(open.size, refusing) ? 50 : 2_000, refused)
+          return refuseBusy(socket, refusal, admission.tightOnDescriptors(open.size, refusing) ? 0 : 2_000, refused)
         }
         const conn = new Connection(socket, env)
         open.add(conn)
