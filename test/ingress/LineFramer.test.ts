@@ -181,7 +181,8 @@ describe("LineFramer", () => {
       expect(fed.refusedAt).toBeGreaterThanOrEqual(chunkIndexOf(chunks, start))
       // every frame before it was delivered, nothing after it
       expect(strings(fed.frames)).toEqual(prefixFrames.filter((f) => !isBlank(f)))
-      for (const b of fed.buffered) expect(b).toBeLessThanOrEqual(max)
+      // max + 1 when the last byte held is a '\r': the first half of a '\r\n' split across reads
+      for (const b of fed.buffered) expect(b).toBeLessThanOrEqual(max + 1)
     },
     { arbitrary: { runs: 300, size: 30 } }
   )
@@ -206,7 +207,8 @@ describe("LineFramer", () => {
         expect(f.length).toBeLessThanOrEqual(max)
         expect(f.includes(0x0a)).toBe(false)
       }
-      for (const b of fed.buffered) expect(b).toBeLessThanOrEqual(max)
+      // max + 1 when the last byte held is a '\r': the first half of a '\r\n' split across reads
+      for (const b of fed.buffered) expect(b).toBeLessThanOrEqual(max + 1)
 
       // reference: split the whole stream on '\n'
       const lines: Array<Buffer> = []
