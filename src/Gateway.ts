@@ -8,6 +8,7 @@ import { type Config, Effect, Layer } from "effect"
 import { Admission } from "./admission/Admission.ts"
 import { MemoryBudget } from "./admission/MemoryBudget.ts"
 import { DeviceAuth } from "./auth/DeviceRegistry.ts"
+import * as WorkerLink from "./cluster/WorkerLink.ts"
 import { GatewayConfig } from "./config/GatewayConfig.ts"
 import { Listener } from "./ingress/Listener.ts"
 import { SessionRegistry } from "./ingress/Sessions.ts"
@@ -27,13 +28,19 @@ import * as SqliteSink from "./sinks/SqliteSink.ts"
 const sink = Layer.unwrap(Effect.map(GatewayConfig, (c) =>
   SqliteSink.layer({ dataDir: c.dataDir, synchronous: c.sqliteSync })))
 
-/** Logs the `listening` line once both ports are bound. */
+/**
+ * Logs the `listening` line once both ports are bound. A worker of a node (GATEWAY_WORKERS > 1)
+ * reports its ports to the primary instead and logs `worker listening`: the node's one
+ * `listening` line is the primary's, with the node's admin port.
+ */
 const announce = Layer.effectDiscard(Effect.gen(function*() {
   const listener = yield* Listener
   const admin = yield* Admin.AdminPort
   const config = yield* GatewayConfig
-  yield* Effect.logInfo("listening").pipe(
-    Effect.annotateLogs({ port: listener.port, adminPort: admin.port, host: config.host, sink: config.sink })
+  const ports = { port: listener.port, adminPort: admin.port }
+  const isWorker = yield* WorkerLink.reportListening(ports)
+  yield* Effect.logInfo(isWorker ? "worker listening" : "listening").pipe(
+    Effect.annotateLogs({ ...ports, host: config.host, sink: config.sink })
   )
 }))
 

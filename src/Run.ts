@@ -3,14 +3,19 @@
  * bad), builds the layers, and on SIGTERM/SIGINT drains them in order. Exits 0 when everything
  * drained, 1 with a summary when the drain deadline cut it. `main.ts` runs it with the stages of
  * GATEWAY_STAGES_FILE; a gateway with stages composed in code runs it with its own pipeline.
+ *
+ * With GATEWAY_WORKERS > 1 this process becomes the node's primary instead
+ * ({@link ./cluster/Primary.ts}): it forks that many workers of this same entry, each of which
+ * runs the gateway. The gateway's modules are loaded only where the gateway runs, so the
+ * primary stays small.
  */
 import * as NodeRuntime from "@effect/platform-node/NodeRuntime"
-import { Config, Context, Effect, Exit, Layer, Logger, Scope } from "effect"
-import { describeConfigError, GatewayConfig } from "./config/GatewayConfig.ts"
+import { Cause, Config, Context, Effect, Exit, Layer, Logger, Option, Scope } from "effect"
+import * as Primary from "./cluster/Primary.ts"
+import * as WorkerLink from "./cluster/WorkerLink.ts"
+import { describeConfigError, GatewayConfig, type GatewayConfigShape } from "./config/GatewayConfig.ts"
 import { StagesFileError } from "./config/StagesFile.ts"
-import * as Gateway from "./Gateway.ts"
 import { Lifecycle } from "./Lifecycle.ts"
-import * as Tracing from "./observability/Tracing.ts"
 import type { Pipeline } from "./pipeline/Pipeline.ts"
 
 const EX_CONFIG = 78
@@ -29,32 +34,60 @@ const startFailure = (error: unknown) => {
   return cannotStart(`cannot start: ${message}`, 1)
 }
 
-const program = <E>(pipeline: Layer.Layer<Pipeline, E, GatewayConfig> | undefined) => Effect.gen(function*() {
-  const scope = yield* Scope.make()
-  const gateway = Gateway.layer(GatewayConfig.layer, Tracing.layerFromEnv("iot-gateway"), pipeline)
-  const services = yield* Layer.buildWithScope(gateway, scope).pipe(Effect.catch(startFailure))
-  const lifecycle = Context.get(services, Lifecycle)
-  return yield* Effect.never.pipe(
-    Effect.ensuring(Effect.gen(function*() {
-      yield* Effect.logInfo("shutting down: draining")
-      yield* Scope.close(scope, Exit.void)
-      const cuts = lifecycle.cuts()
-      if (cuts.length > 0) {
-        exitCode = 1
-        yield* Effect.logError("shutdown cut by GATEWAY_DRAIN_TIMEOUT_MS").pipe(Effect.annotateLogs({ cuts }))
-      } else {
-        yield* Effect.logInfo("shutdown complete: everything drained")
-      }
-    }))
-  )
-})
+/** The gateway in this process, until a signal drains it. */
+const gateway = <E>(config: GatewayConfigShape, pipeline: Layer.Layer<Pipeline, E, GatewayConfig> | undefined) =>
+  Effect.gen(function*() {
+    const Gateway = yield* Effect.promise(() => import("./Gateway.ts"))
+    const scope = yield* Scope.make()
+    const layer = Gateway.layer(Layer.succeed(GatewayConfig, config), undefined, pipeline)
+    // a typed failure or a defect (a throw, a listen error) alike: one line, not a stack trace
+    const services = yield* Layer.buildWithScope(layer, scope).pipe(
+      Effect.catchCause((cause) => Cause.hasInterruptsOnly(cause) ? Effect.failCause(cause) : startFailure(Cause.squash(cause)))
+    )
+    const lifecycle = Context.get(services, Lifecycle)
+    return yield* Effect.never.pipe(
+      Effect.ensuring(Effect.gen(function*() {
+        yield* Effect.logInfo("shutting down: draining")
+        yield* Scope.close(scope, Exit.void)
+        const cuts = lifecycle.cuts()
+        if (cuts.length > 0) {
+          exitCode = 1
+          yield* Effect.logError("shutdown cut by GATEWAY_DRAIN_TIMEOUT_MS").pipe(Effect.annotateLogs({ cuts }))
+        } else {
+          yield* Effect.logInfo("shutdown complete: everything drained")
+        }
+      }))
+    )
+  })
+
+const program = <E>(pipeline: Layer.Layer<Pipeline, E, GatewayConfig> | undefined) =>
+  Effect.gen(function*() {
+    const config = yield* Effect.service(GatewayConfig).pipe(Effect.provide(GatewayConfig.layer), Effect.catch(startFailure))
+    if (config.workers > 1) return yield* Primary.run(config, (code) => (exitCode = code))
+    // a worker of a node: every line it logs says which
+    const worker = yield* WorkerLink.workerIndex
+    return yield* Option.isSome(worker)
+      ? gateway(config, pipeline).pipe(Effect.annotateLogs({ worker: worker.value }))
+      : gateway(config, pipeline)
+  })
 
 const logging = Logger.layer([process.stdout.isTTY ? Logger.consolePretty() : Logger.consoleJson])
 
-/** Runs the gateway with `pipeline` as its user stages (default: GATEWAY_STAGES_FILE) until a signal. */
+/**
+ * Runs the gateway with `pipeline` as its user stages (default: GATEWAY_STAGES_FILE) until a
+ * signal; with GATEWAY_WORKERS > 1, runs the node's primary, whose workers run this same entry.
+ */
 export const run = <E = never>(pipeline?: Layer.Layer<Pipeline, E, GatewayConfig>): void =>
   NodeRuntime.runMain(program(pipeline).pipe(Effect.provide(logging)), {
     disableErrorReporting: false,
-    teardown: (exit, onExit) => onExit(exitCode !== 0 ? exitCode : Exit.isSuccess(exit) || Exit.hasInterrupts(exit) ? 0 : 1)
+    teardown: (exit, onExit) => {
+      const code = exitCode !== 0 ? exitCode : Exit.isSuccess(exit) || Exit.hasInterrupts(exit) ? 0 : 1
+      // stdout and stderr may be pipes, written asynchronously: exit once the last lines are out
+      let pending = 2
+      const done = () => {
+        if (--pending === 0) onExit(code)
+      }
+      process.stdout.write("", done)
+      process.stderr.write("", done)
+    }
   })
-

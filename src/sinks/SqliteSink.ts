@@ -10,7 +10,7 @@
  * crash or power loss can lose the commits since the last checkpoint. `GATEWAY_SQLITE_SYNC=full`
  * fsyncs every commit.
  */
-import { Effect, Layer } from "effect"
+import { Effect, FiberSet, Layer } from "effect"
 import * as Fs from "node:fs"
 import * as Path from "node:path"
 import { DatabaseSync } from "node:sqlite"
@@ -64,7 +64,19 @@ export const make = Effect.fn("SqliteSink.make")(function*(options: SqliteSinkOp
     writer.once("error", (cause) =>
       resume(Effect.fail(new PermanentPersistenceError({ sink: "sqlite", message: `writer failed: ${describe(cause)}`, cause }))))
   })
-  yield* startWorker("./SqliteCheckpointer.ts", { path, everyMs: options.checkpointEveryMs ?? 250 })
+  const checkpointer = yield* startWorker("./SqliteCheckpointer.ts", { path, everyMs: options.checkpointEveryMs ?? 250 })
+  // a thread that cannot start (e.g. no file descriptor left) stops the start with one line
+  yield* Effect.callback<void, PermanentPersistenceError>((resume) => {
+    checkpointer.once("online", () => resume(Effect.void))
+    checkpointer.once("error", (cause) =>
+      resume(Effect.fail(new PermanentPersistenceError({ sink: "sqlite", message: `checkpointer failed: ${describe(cause)}`, cause }))))
+  })
+  // later, losing it costs no write (the WAL grows until the next checkpoint): a warning, not a crash
+  const runFork = yield* FiberSet.makeRuntime<never, void, never>()
+  checkpointer.on("error", (cause) =>
+    runFork(Effect.logWarning("sqlite checkpointer thread failed; WAL checkpoints stopped").pipe(
+      Effect.annotateLogs({ error: describe(cause) })
+    )))
 
   const pending = new Map<number, (reply: WriteReply) => void>()
   let nextId = 0

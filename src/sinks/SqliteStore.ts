@@ -6,6 +6,7 @@
 import { DatabaseSync, type StatementSync } from "node:sqlite"
 import { annotationsOf, type Envelope } from "../domain/Envelope.ts"
 import { Outcome } from "./Outcome.ts"
+import { whileBusy, WriteLock } from "./SqliteWriteLock.ts"
 
 /**
  * The schema of DESIGN.md, plus `annotations` (the fields stages added, as a JSON object, or
@@ -128,14 +129,38 @@ export const safeJson = (value: unknown): string => {
 /** The message of an unknown thrown value. */
 export const describe = (e: unknown): string => (e instanceof Error ? e.message : String(e))
 
-/** Opens (and creates) the database in WAL mode; checkpoints are left to a separate thread. */
+/** How long opening waits for other processes that hold the lock (workers opening a fresh file together). */
+const OPEN_BUDGET_MS = 10_000
+
+/** How long a batch waits for the write lock before it fails with SQLITE_BUSY (transient: retried). */
+const WRITE_LOCK_BUDGET_MS = 1_000
+
+/**
+ * Opens (and creates) the database in WAL mode; checkpoints are left to a separate thread.
+ * Safe when several processes open a fresh file at once: the switch to WAL and the schema
+ * (created and migrated in one transaction) are retried while another process holds the lock.
+ */
 export const openDatabase = (path: string, synchronous: "normal" | "full"): DatabaseSync => {
   const db = new DatabaseSync(path)
-  db.exec(`PRAGMA journal_mode = WAL; PRAGMA synchronous = ${synchronous === "full" ? "FULL" : "NORMAL"};
-    PRAGMA wal_autocheckpoint = 0; PRAGMA busy_timeout = 1000; PRAGMA cache_size = -16384;`)
-  db.exec(SCHEMA)
-  migrate(db)
+  db.exec("PRAGMA busy_timeout = 1000")
+  whileBusy(() => db.exec("PRAGMA journal_mode = WAL"), OPEN_BUDGET_MS)
+  db.exec(`PRAGMA synchronous = ${synchronous === "full" ? "FULL" : "NORMAL"};
+    PRAGMA wal_autocheckpoint = 0; PRAGMA cache_size = -16384;`)
+  whileBusy(() => createSchema(db), OPEN_BUDGET_MS)
   return db
+}
+
+/** {@link SCHEMA} and {@link migrate} in one transaction. */
+const createSchema = (db: DatabaseSync) => {
+  db.exec("BEGIN IMMEDIATE")
+  try {
+    db.exec(SCHEMA)
+    migrate(db)
+    db.exec("COMMIT")
+  } catch (error) {
+    if (db.isTransaction) db.exec("ROLLBACK")
+    throw error
+  }
 }
 
 /** Brings a database made by an earlier version up to {@link SCHEMA} (columns are only ever added). */
@@ -144,15 +169,18 @@ const migrate = (db: DatabaseSync) => {
   if (!columns.some((c) => c.name === "annotations")) db.exec("ALTER TABLE messages ADD COLUMN annotations TEXT")
 }
 
-/** Prepared statements of the writer. */
+/** Prepared statements of the writer, and its write lock. */
 export interface Statements {
   readonly insert: StatementSync
   readonly upsertState: StatementSync
   readonly deadLetter: StatementSync
+  /** Shares the write lock fairly with other processes' writers ({@link WriteLock}). */
+  readonly lock: WriteLock
 }
 
-/** Prepares the writer's statements. */
+/** Prepares the writer's statements (the connection's waiting for the lock is the {@link WriteLock}'s from now on). */
 export const prepare = (db: DatabaseSync): Statements => ({
+  lock: new WriteLock(db, WRITE_LOCK_BUDGET_MS),
   insert: db.prepare(
     `INSERT INTO messages (device, epoch, seq, kind, device_ts, received_at, gateway, traceparent, body, annotations)
      VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (device, epoch, seq) DO NOTHING`
@@ -182,7 +210,7 @@ export const writeBatch = (db: DatabaseSync, st: Statements, rows: ReadonlyArray
   const outcomes = new Uint8Array(rows.length)
   const rejections: Array<readonly [number, string]> = []
   const tops = new Map<string, { device: string; epoch: number; seq: number }>()
-  db.exec("BEGIN IMMEDIATE")
+  st.lock.begin()
   try {
     for (let i = 0; i < rows.length; i++) {
       const r = rows[i]!
@@ -206,6 +234,8 @@ export const writeBatch = (db: DatabaseSync, st: Statements, rows: ReadonlyArray
   } catch (error) {
     if (db.isTransaction) db.exec("ROLLBACK")
     throw error instanceof BatchFailure ? error.cause : error
+  } finally {
+    st.lock.released()
   }
   return { outcomes, rejections }
 }
@@ -223,13 +253,15 @@ export interface DeadLetterRow {
 
 /** Stores dead letters in one transaction. */
 export const writeDeadLetters = (db: DatabaseSync, st: Statements, records: ReadonlyArray<DeadLetterRow>, now: number): void => {
-  db.exec("BEGIN IMMEDIATE")
+  st.lock.begin()
   try {
     for (const r of records) st.deadLetter.run(r.device, r.epoch, r.seq, r.kind, r.reason, r.envelope, now)
     db.exec("COMMIT")
   } catch (error) {
     if (db.isTransaction) db.exec("ROLLBACK")
     throw error
+  } finally {
+    st.lock.released()
   }
 }
 
