@@ -172,7 +172,12 @@ export class Connection implements Replier, Replaceable {
       if (chunk !== undefined) this.process(chunk)
       else if (this.state === "open") this.state = "closing" // peer half-closed: answer what is pending
       else break
-      if (this.state === "authenticating") yield* this.openSession()
+      if (this.state === "authenticating") {
+        // a reconnection storm's hellos (auth, admission, a store read each) take turns too, so
+        // the connected devices' pings are not stuck behind thousands of them in one turn
+        while (!this.env.slices.tryEnter(performance.now())) yield* this.nextSlice()
+        if (this.state === "authenticating") yield* this.openSession()
+      }
       this.afterChunk()
       if (this.held.length > 0 && !this.pumping) {
         this.pumping = true // set before the fork: the child starts later, and only one pump may run

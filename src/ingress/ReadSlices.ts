@@ -5,8 +5,9 @@
  * second, and a ping, a hello or a `/readyz` request waits several turns behind them. So the
  * big reads of open sessions take turns: within one turn of the event loop they are handled
  * until the slice (a few milliseconds) is spent, and the rest wait, in order, for the next
- * turn, after the event loop has polled for new input. Reads that are small, or that belong
- * to a connection before its welcome, never wait (they are the pings and hellos).
+ * turn, after the event loop has polled for new input. Opening a session (authentication,
+ * admission, a store read) takes turns the same way, so a storm of hellos does not stall the
+ * loop either. Small reads never wait (they are the pings).
  */
 
 /** Reads of at most this many bytes are control traffic (a ping, a hello, a few frames): never deferred. */
