@@ -1,12 +1,29 @@
 import { defineConfig } from "vitest/config"
 
+/**
+ * Tests that load the machine (floods, storms, child processes under load) and measure how the
+ * gateway answers meanwhile: they run one file at a time, after the others, so one does not
+ * measure another's load. `npm test` runs both projects in turn.
+ */
+const LOAD = [
+  "test/integration/**/*.test.ts",
+  "test/admission/Storm.test.ts",
+  "test/admission/Burst.test.ts",
+  "test/admission/OpenFiles.test.ts",
+  "test/admission/StartFailures.test.ts",
+  "test/admission/AttackRegressions.test.ts"
+]
+
 export default defineConfig({
   test: {
-    include: ["test/**/*.test.ts"],
     setupFiles: ["./test/setup.ts"],
     testTimeout: 30_000,
     hookTimeout: 30_000,
     pool: "forks",
-    execArgv: ["--disable-warning=ExperimentalWarning"]
+    execArgv: ["--disable-warning=ExperimentalWarning"],
+    projects: [
+      { extends: true, test: { name: "unit", include: ["test/**/*.test.ts"], exclude: LOAD } },
+      { extends: true, test: { name: "load", include: LOAD, fileParallelism: false } }
+    ]
   }
 })

@@ -12,6 +12,7 @@ import * as Fs from "node:fs"
 import { HELLO_MAX_BYTES, type HelloRead, HelloReader } from "../../src/ingress/HelloReader.ts"
 import { Device, event, telemetry } from "../support/client.ts"
 import { startGateway, type TestGateway } from "../support/gateway.ts"
+import { cutInto } from "../support/chunks.ts"
 
 const int = (minimum: number, maximum: number) => Schema.Int.check(Schema.isBetween({ minimum, maximum }))
 
@@ -27,22 +28,6 @@ const NEAR_LIMIT = [HELLO_MAX_BYTES - 2, HELLO_MAX_BYTES - 1, HELLO_MAX_BYTES, H
 const Cuts = Arbitrary.array(Arbitrary.schema(int(0, 10_000_000)), { maxLength: 40 })
 
 // ---- helpers ----
-
-const cutInto = (buf: Buffer, cuts: ReadonlyArray<number>, chunkSize: number): Array<Buffer> => {
-  const out: Array<Buffer> = []
-  if (chunkSize > 0) {
-    for (let i = 0; i < buf.length; i += chunkSize) out.push(buf.subarray(i, i + chunkSize))
-    return out
-  }
-  const points = cuts.map((c) => c % (buf.length + 1)).sort((a, b) => a - b)
-  let prev = 0
-  for (const p of points) {
-    out.push(buf.subarray(prev, p))
-    prev = p
-  }
-  out.push(buf.subarray(prev))
-  return out
-}
 
 type Outcome =
   | { readonly _tag: "Line"; readonly line: string; readonly rest: string }

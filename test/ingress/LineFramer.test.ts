@@ -2,6 +2,7 @@ import { describe, expect, it } from "@effect/vitest"
 import { Schema } from "effect"
 import * as Arbitrary from "effect/Arbitrary"
 import { type FrameTooLarge, LineFramer } from "../../src/ingress/LineFramer.ts"
+import { cutInto } from "../support/chunks.ts"
 
 // ---- generators ----
 
@@ -20,22 +21,6 @@ const Cuts = Arbitrary.array(Arbitrary.schema(int(0, 1_000_000)), { maxLength: 3
 const ChunkSize = int(0, 700)
 
 // ---- helpers ----
-
-const cutInto = (buf: Buffer, cuts: ReadonlyArray<number>, chunkSize: number): Array<Buffer> => {
-  const out: Array<Buffer> = []
-  if (chunkSize > 0) {
-    for (let i = 0; i < buf.length; i += chunkSize) out.push(buf.subarray(i, i + chunkSize))
-    return out
-  }
-  const points = cuts.map((c) => c % (buf.length + 1)).sort((a, b) => a - b)
-  let prev = 0
-  for (const p of points) {
-    out.push(buf.subarray(prev, p))
-    prev = p
-  }
-  out.push(buf.subarray(prev))
-  return out
-}
 
 const pushAllOk = (framer: LineFramer, chunk: Buffer): Array<Buffer> => {
   const r = framer.pushAll(chunk)
