@@ -93,10 +93,13 @@ export class Budget {
     this.waiting.delete(wake)
   }
 
+  /** Wakes the waiting connections after the current work (never inside another connection's). */
   private relieve(): void {
     const wakes = [...this.waiting]
     this.waiting.clear()
-    for (const wake of wakes) wake()
+    queueMicrotask(() => {
+      for (const wake of wakes) wake()
+    })
   }
 }
 

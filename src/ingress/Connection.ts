@@ -94,7 +94,7 @@ export class Connection implements Replier, Replaceable {
   /** Made at welcome: before it only the hello reader reads. */
   private framer: LineFramer | undefined = undefined
   /** The frame handler given to the framer, bound once. */
-  private readonly onFrameBound = (buf: Buffer, start: number, end: number) => this.onFrame(buf, start, end)
+  private onFrameBound: ((buf: Buffer, start: number, end: number) => void) | undefined = undefined
   private readonly answers = new OrderedAnswers()
   private device = ""
   private epoch = 0
@@ -116,8 +116,6 @@ export class Connection implements Replier, Replaceable {
   private pendingSince = 0
   /** A fatal error is being answered (no second one meanwhile). */
   private failing = false
-  /** `wake`, bound once (the memory budget calls it on relief). */
-  private readonly wakeUp = () => this.wake()
   private result: Metrics.ConnectionResult = "closed"
   /** Arrival time of the chunk being handled: `performance.now()` and epoch ms. */
   private arrivedAt = 0
@@ -143,9 +141,10 @@ export class Connection implements Replier, Replaceable {
         this.ended = true
         this.wake()
       })
-      s.on("close", () => this.onGone())
-      s.on("error", () => this.onGone())
-      s.on("drain", () => this.wake())
+      const gone = () => this.onGone()
+      s.on("close", gone)
+      s.on("error", gone)
+      s.on("drain", this.wakeNow)
       s.on("timeout", () => this.onTimeout())
       s.setNoDelay(true)
       // absolute, from the accept: bytes that are not a hello (a blank line every second) do not extend it
@@ -240,7 +239,7 @@ export class Connection implements Replier, Replaceable {
     if (a.inflight >= config.maxInflight || this.socket.writableLength >= PAUSE_OUTPUT_BYTES) return false
     if (a.pendingBytes >= config.connectionMaxBytes) return false
     if (a.inflight > 0 && budget.isHigh()) {
-      budget.onRelief(this.wakeUp)
+      budget.onRelief(this.wakeNow)
       return false
     }
     return true
@@ -261,6 +260,7 @@ export class Connection implements Replier, Replaceable {
     this.arrivedAt = performance.now()
     this.receivedAt = Date.now()
     this.framer ??= new LineFramer(this.env.config.maxFrameBytes)
+    this.onFrameBound ??= (buf, start, end) => this.onFrame(buf, start, end)
     const tooLarge = this.framer.push(chunk, this.onFrameBound)
     // an unfinished frame must make progress: bytes dribbled in to keep the keepalive happy do
     // not let a device pin up to maxFrameBytes of the node's buffers for ever
@@ -601,7 +601,7 @@ export class Connection implements Replier, Replaceable {
     this.close()
     const { budget, sessions } = this.env
     budget.release(this.answers.abandon())
-    budget.forget(this.wakeUp)
+    budget.forget(this.wakeNow)
     if (this.device !== "") sessions.release(this.device, this)
     Metrics.record(Metrics.connections(this.result), 1)
   }

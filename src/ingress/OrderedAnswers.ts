@@ -6,11 +6,18 @@
  * which the connection bounds by pausing reads. Each ticket also carries the bytes its message
  * was charged against the memory budget: answering the ticket gives them back, once.
  */
+/**
+ * The empty tables every idle connection shares (never written: `open` makes a connection its
+ * own on its first ticket, and a drained table goes back to these).
+ */
+const NONE: Array<string | undefined> = []
+const NO_COSTS: Array<number> = []
+
 export class OrderedAnswers {
   /** Answers of tickets `base .. base + slots.length - 1`; undefined while pending. */
-  private slots: Array<string | undefined> = []
+  private slots: Array<string | undefined> = NONE
   /** Bytes charged for each ticket of `slots` (0 once answered). */
-  private costs: Array<number> = []
+  private costs: Array<number> = NO_COSTS
   /** Ticket of `slots[0]`. */
   private base = 0
   /** Index of the oldest ticket not yet written. */
@@ -30,6 +37,10 @@ export class OrderedAnswers {
 
   /** Takes the next ticket for a message charged `cost` bytes. */
   open(cost = 0): number {
+    if (this.slots === NONE) {
+      this.slots = []
+      this.costs = []
+    }
     this.slots.push(undefined)
     this.costs.push(cost)
     this.charged += cost
@@ -51,8 +62,8 @@ export class OrderedAnswers {
   abandon(): number {
     const freed = this.charged
     this.base += this.slots.length
-    this.slots = []
-    this.costs = []
+    this.slots = NONE
+    this.costs = NO_COSTS
     this.head = 0
     this.charged = 0
     return freed
@@ -71,8 +82,8 @@ export class OrderedAnswers {
     }
     if (head === slots.length) {
       this.base += head
-      this.slots = []
-      this.costs = []
+      this.slots = NONE
+      this.costs = NO_COSTS
       this.head = 0
     } else if (head > 1024 && head * 2 > slots.length) {
       this.slots = slots.slice(head)
