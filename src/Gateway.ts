@@ -26,7 +26,7 @@ import * as SqliteSink from "./sinks/SqliteSink.ts"
 
 /** The sink chosen by GATEWAY_SINK. */
 const sink = Layer.unwrap(Effect.map(GatewayConfig, (c) =>
-  SqliteSink.layer({ dataDir: c.dataDir, synchronous: c.sqliteSync })))
+  SqliteSink.layer({ dataDir: c.dataDir, synchronous: c.sqliteSync, maxBatchBytes: c.batchMaxBytes + c.maxFrameBytes })))
 
 /**
  * Logs the `listening` line once both ports are bound. A worker of a node (GATEWAY_WORKERS > 1)
