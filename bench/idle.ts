@@ -3,7 +3,8 @@
  * gateway, and the raw `node:net` baseline of bench/baseline.ts for comparison) and each mode
  * (after hello/welcome; connected but no hello yet, the pre-auth cost), it starts a fresh
  * server, reads VmRSS, opens N connections (in waves, retrying `busy` after its retryAfterMs),
- * waits for things to settle, reads VmRSS again and reports (after − before) / open connections.
+ * waits for things to settle, reads VmRSS again and reports (after − before) / open connections,
+ * and the marginal cost: the same over the second half of the connections only.
  *
  *   npm run bench -- --only idle --connections 10000
  */
@@ -42,6 +43,8 @@ export interface IdleRow {
   /** What the gateway's `gateway_connections_active` said (undefined for the baseline). */
   readonly serverOpen: number | undefined
   readonly beforeKb: number
+  /** RSS with the first half of the connections open (the marginal cost is measured past it). */
+  readonly midKb: number
   readonly afterKb: number
   readonly peakKb: number
   readonly busy: number
@@ -103,7 +106,17 @@ const openAll = async (port: number, n: number, hello: boolean, tag: string) => 
 const measure = async (name: string, server: Server, hello: boolean, o: IdleOptions): Promise<IdleRow> => {
   await sleep(1_500) // let start-up garbage settle
   const beforeKb = statusKb(server.pid, "VmRSS")
-  const { sockets, busy, retries, rampMs } = await openAll(server.port, o.connections, hello, `idle-${hello ? "h" : "n"}`)
+  // in two halves: (after − before) / N is the whole cost, (after − mid) / (N/2) the marginal
+  // one, without what is paid once (the young generation filled by the first connections' garbage)
+  const half = Math.floor(o.connections / 2)
+  const first = await openAll(server.port, half, hello, `idle-${hello ? "h" : "n"}`)
+  await sleep(o.settleMs)
+  const midKb = statusKb(server.pid, "VmRSS")
+  const second = await openAll(server.port, o.connections - half, hello, `idle2-${hello ? "h" : "n"}`)
+  const sockets = [...first.sockets, ...second.sockets]
+  const busy = first.busy + second.busy
+  const retries = first.retries + second.retries
+  const rampMs = first.rampMs + second.rampMs
   await sleep(o.settleMs)
   const afterKb = statusKb(server.pid, "VmRSS")
   const peakKb = statusKb(server.pid, "VmHWM")
@@ -111,7 +124,7 @@ const measure = async (name: string, server: Server, hello: boolean, o: IdleOpti
   const open = sockets.filter((s) => !s.destroyed).length
   for (const s of sockets) s.destroy()
   await stopServer(server)
-  return { server: name, hello, open, serverOpen, beforeKb, afterKb, peakKb, busy, retries, rampMs }
+  return { server: name, hello, open, serverOpen, beforeKb, midKb, afterKb, peakKb, busy, retries, rampMs }
 }
 
 /** Runs the four measurements (gateway and baseline, with and without hello), each on a fresh server. */
@@ -138,12 +151,14 @@ export const runIdle = async (o: IdleOptions): Promise<Array<IdleRow>> => {
 /** The rows as a markdown table. */
 export const idleTable = (rows: ReadonlyArray<IdleRow>, o: IdleOptions): string => [
   `\n### idle: RSS per idle connection, ${fmt(o.connections)} connections, read ${o.settleMs / 1000} s after the last one`,
-  "| server | state | open (client / server) | RSS before MB | RSS after MB | **KB per connection** | peak RSS MB | ramp s | busy / retries |",
-  "|---|---|---:|---:|---:|---:|---:|---:|---:|",
+  "| server | state | open (client / server) | RSS before MB | RSS after MB | **KB per connection** | KB per connection, second half (marginal) | peak RSS MB | ramp s | busy / retries |",
+  "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
   ...rows.map((r) =>
     `| ${r.server} | ${r.hello ? "after welcome" : "no hello (pre-auth)"} | ${fmt(r.open)} / ${r.serverOpen === undefined ? "–" : fmt(r.serverOpen)} | ${
       fmt(r.beforeKb / 1024, 1)
-    } | ${fmt(r.afterKb / 1024, 1)} | **${fmt(r.open > 0 ? (r.afterKb - r.beforeKb) / r.open : 0, 2)}** | ${fmt(r.peakKb / 1024)} | ${
+    } | ${fmt(r.afterKb / 1024, 1)} | **${fmt(r.open > 0 ? (r.afterKb - r.beforeKb) / r.open : 0, 2)}** | ${
+      fmt(r.open > 1 ? (r.afterKb - r.midKb) / (r.open - Math.floor(r.open / 2)) : 0, 2)
+    } | ${fmt(r.peakKb / 1024)} | ${
       fmt(r.rampMs / 1000, 1)
     } | ${r.busy} / ${r.retries} |`
   )
