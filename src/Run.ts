@@ -30,8 +30,18 @@ const cannotStart = (line: string, code: number) =>
 const startFailure = (error: unknown) => {
   if (error instanceof Config.ConfigError) return cannotStart(describeConfigError(error), EX_CONFIG)
   if (error instanceof StagesFileError) return cannotStart(`invalid configuration: ${error.message}`, EX_CONFIG)
-  const message = error instanceof Error ? error.message : String(error)
-  return cannotStart(`cannot start: ${message}`, 1)
+  return cannotStart(`cannot start: ${reasonOf(error)}`, 1)
+}
+
+/** The first non-empty message along an error's causes (a wrapper's own message may be empty). */
+const reasonOf = (error: unknown): string => {
+  for (let e: unknown = error, depth = 0; e !== undefined && e !== null && depth < 8; depth++) {
+    if (e instanceof Error && e.message !== "") return e.message
+    if (typeof e !== "object") return String(e)
+    e = (e as { readonly cause?: unknown }).cause
+  }
+  const tag = typeof error === "object" && error !== null && "_tag" in error ? String(error._tag) : String(error)
+  return `${tag} (no message)`
 }
 
 /** The gateway in this process, until a signal drains it. */

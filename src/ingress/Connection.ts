@@ -56,6 +56,8 @@ export interface ConnectionEnv {
   readonly admission: AdmissionShape
   /** Turns for big socket reads, so control traffic is never stuck behind a flood. */
   readonly slices: ReadSlices
+  /** Turns for opening sessions (auth, admission, a store read each), apart from the reads'. */
+  readonly helloSlices: ReadSlices
   /** Rate limits of devices whose registry entry names no class. */
   readonly defaultLimits: RateLimits
 }
@@ -79,7 +81,7 @@ type State = "hello" | "authenticating" | "open" | "closing" | "closed"
  * frame to `ingest`, which empties them, so no two connections ever use them at once (and an
  * idle connection holds no arrays of its own).
  */
-const SCRATCH = { raws: [] as Array<RawData>, tickets: [] as Array<number>, sizes: [] as Array<number> }
+const SCRATCH = { raws: [] as Array<RawData>, tickets: [] as Array<number>, sizes: [] as Array<number>, busy: false }
 
 /** The protocol state machine of one socket; its `run` is the connection's fiber. */
 export class Connection implements Replier, Replaceable {
@@ -114,6 +116,8 @@ export class Connection implements Replier, Replaceable {
   private wakeQueued = false
   /** When the unfinished frame held by the framer began (epoch ms), 0 when none. */
   private pendingSince = 0
+  /** Its unsent answers passed MAX_OUTPUT_BYTES: it is being closed. */
+  private overflowing = false
   /** A fatal error is being answered (no second one meanwhile). */
   private failing = false
   private result: Metrics.ConnectionResult = "closed"
@@ -164,7 +168,7 @@ export class Connection implements Replier, Replaceable {
       if (this.state === "closed") break
       const next = this.chunks[0]
       if (next !== undefined && next.length > SMALL_READ_BYTES && this.state === "open" && !this.env.slices.tryEnter(performance.now())) {
-        yield* this.nextSlice()
+        yield* this.nextSlice(this.env.slices)
         continue
       }
       const chunk = this.chunks.shift()
@@ -174,7 +178,7 @@ export class Connection implements Replier, Replaceable {
       if (this.state === "authenticating") {
         // a reconnection storm's hellos (auth, admission, a store read each) take turns too, so
         // the connected devices' pings are not stuck behind thousands of them in one turn
-        while (!this.env.slices.tryEnter(performance.now())) yield* this.nextSlice()
+        while (!this.env.helloSlices.tryEnter(performance.now())) yield* this.nextSlice(this.env.helloSlices)
         if (this.state === "authenticating") yield* this.openSession()
       }
       this.afterChunk()
@@ -193,9 +197,9 @@ export class Connection implements Replier, Replaceable {
   })
 
   /** Suspends until the next read slice begins. */
-  private nextSlice(): Effect.Effect<void> {
+  private nextSlice(slices: ReadSlices): Effect.Effect<void> {
     return Effect.callback<void>((resume) => {
-      this.env.slices.later(() => resume(Effect.void))
+      slices.later(() => resume(Effect.void))
     })
   }
 
@@ -389,7 +393,24 @@ export class Connection implements Replier, Replaceable {
    */
   private ingest(): void {
     const raws = SCRATCH.raws
-    if (raws.length === 0) return
+    // never re-entered: the offers below can shed another connection's message and make it
+    // write; whatever that sets off must not run these frames a second time as its own
+    if (raws.length === 0 || SCRATCH.busy) return
+    SCRATCH.busy = true
+    try {
+      this.ingestScratch()
+    } finally {
+      // the arrays are reused for the next socket read (nothing keeps them)
+      SCRATCH.busy = false
+      raws.length = 0
+      SCRATCH.tickets.length = 0
+      SCRATCH.sizes.length = 0
+    }
+  }
+
+  /** Runs the ingest stages on the frames in SCRATCH (see {@link ingest}). */
+  private ingestScratch(): void {
+    const raws = SCRATCH.raws
     const tickets = SCRATCH.tickets
     const env = this.env
     const { passed, passedAt, stops, stoppedAt } = env.ingest.runSync(raws)
@@ -422,10 +443,6 @@ export class Connection implements Replier, Replaceable {
       if (item.envelope.kind === "telemetry") env.lanes.offerTelemetry(item)
       else if (this.held.length > 0 || !env.lanes.tryOfferEvent(item)) this.held.push(item)
     }
-    // the arrays are reused for the next socket read (nothing above keeps them)
-    raws.length = 0
-    tickets.length = 0
-    SCRATCH.sizes.length = 0
   }
 
   /**
@@ -521,8 +538,10 @@ export class Connection implements Replier, Replaceable {
     this.out = ""
     if (data.length > 0 && this.state !== "closed") {
       this.socket.write(data)
-      if (this.socket.writableLength > MAX_OUTPUT_BYTES && !this.failing) {
-        return this.fatal("timeout", "device does not read its answers", "timeout")
+      if (this.socket.writableLength > MAX_OUTPUT_BYTES && !this.failing && !this.overflowing) {
+        // closed after the current work (this flush may run inside another connection's)
+        this.overflowing = true
+        queueMicrotask(() => this.fatal("timeout", "device does not read its answers", "timeout"))
       }
     }
     this.wake()
@@ -592,6 +611,10 @@ export class Connection implements Replier, Replaceable {
     const last = this.out + this.answers.takeReady()
     this.out = ""
     this.state = "closed"
+    // the socket lingers a few seconds: let go of what this connection buffered meanwhile
+    this.hello = undefined
+    this.framer = undefined
+    this.chunks.length = 0
     closeGracefully(this.socket, last)
     this.wake()
   }

@@ -72,6 +72,7 @@ export class Listener extends Context.Service<Listener, ListenerShape>()("gatewa
         budget: yield* MemoryBudget,
         admission: yield* Admission,
         slices: new ReadSlices(READ_SLICE_MS),
+        helloSlices: new ReadSlices(READ_SLICE_MS),
         defaultLimits: { msgsPerSec: config.deviceMsgsPerSec, bytesPerSec: config.deviceBytesPerSec }
       }
       const { lifecycle, admission, budget } = env

@@ -6,8 +6,9 @@
  * big reads of open sessions take turns: within one turn of the event loop they are handled
  * until the slice (a few milliseconds) is spent, and the rest wait, in order, for the next
  * turn, after the event loop has polled for new input. Opening a session (authentication,
- * admission, a store read) takes turns the same way, so a storm of hellos does not stall the
- * loop either. Small reads never wait (they are the pings).
+ * admission, a store read) takes turns the same way on a clock of its own (a second instance),
+ * so a storm of hellos does not stall the loop either, and hellos never queue behind a flood's
+ * reads. Small reads never wait (they are the pings).
  */
 
 /** Reads of at most this many bytes are control traffic (a ping, a hello, a few frames): never deferred. */

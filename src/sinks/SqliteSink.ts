@@ -33,11 +33,11 @@ export interface SqliteSinkOptions {
 
 /**
  * Old-generation limit of the writer thread, MB: room for the largest batch packed, parsed and
- * bound (about eight times its frame bytes), at least 128 MB. A fixed 1 GB let the thread's
+ * bound (re-serialized bodies can grow ~9× their frame bytes: 16× leaves room), at least 128 MB. A fixed 1 GB let the thread's
  * heap grow before collecting, which showed as ~30 MB more peak RSS in the latency benchmark.
  */
 const writerHeapMb = (maxBatchBytes: number | undefined) =>
-  Math.max(128, Math.ceil((8 * (maxBatchBytes ?? 0)) / (1024 * 1024)))
+  Math.max(128, Math.ceil((16 * (maxBatchBytes ?? 0)) / (1024 * 1024)))
 
 const startWorker = (file: string, workerData: unknown, oldGenerationMb = 128) =>
   Effect.acquireRelease(
