@@ -263,12 +263,12 @@ export class Connection implements Replier, Replaceable {
     // every frame of a chunk arrived at the same moment: read the clocks once per chunk
     this.arrivedAt = performance.now()
     this.receivedAt = Date.now()
-    this.framer ??= new LineFramer(this.env.config.maxFrameBytes)
+    const framer = this.framer ??= new LineFramer(this.env.config.maxFrameBytes)
     this.onFrameBound ??= (buf, start, end) => this.onFrame(buf, start, end)
-    const tooLarge = this.framer.push(chunk, this.onFrameBound)
+    const tooLarge = framer.push(chunk, this.onFrameBound)
     // an unfinished frame must make progress: bytes dribbled in to keep the keepalive happy do
     // not let a device pin up to maxFrameBytes of the node's buffers for ever
-    if (this.framer.bufferedBytes === 0) this.pendingSince = 0
+    if (framer.bufferedBytes === 0) this.pendingSince = 0
     else if (this.pendingSince === 0) this.pendingSince = this.receivedAt
     else if (this.receivedAt - this.pendingSince > this.env.config.keepaliveMs * 1.5 && this.state === "open") {
       this.ingest()
