@@ -148,26 +148,40 @@ describe("floods", () => {
     for (const round of [first, second]) {
       expect(round.sent).toBe(2_000)
       expect(round.answered).toBe(2_000) // every one got its error frame before the close
-      expect(round.welcome).toMatchObject({ type: "welcome" })
-      expect(round.welcome.ms).toBeLessThan(500)
+      for (const w of round.welcomes) {
+        expect(w.type).toBe("welcome")
+        expect(w.ms).toBeLessThan(3_000) // the one that lands in the accept burst waits ~1 s (README)
+      }
     }
+    // the typical newcomer waits a few event-loop turns, not behind the flood (before: ~850 ms);
+    // one sample alone is at the mercy of a loaded CI machine, the median of several is not
+    const welcomeMs = [...first.welcomes, ...second.welcomes].map((w) => w.ms)
+    expect(percentile(welcomeMs, 0.5)).toBeLessThan(300)
     // 2,000 × 65 KB = 130 MB offered per round. Each connection costs one socket read (64 KB,
     // Node's read size) for a moment, never more: a second round reuses that memory.
     expect(afterFirst - before).toBeLessThan(130)
     expect(afterSecond - afterFirst).toBeLessThan(30)
     console.log(
       `pre-auth flood: RSS ${before.toFixed(0)} → ${afterFirst.toFixed(0)} → ${afterSecond.toFixed(0)} MB, ` +
-        `newcomer welcome ${first.welcome.ms.toFixed(0)} / ${second.welcome.ms.toFixed(0)} ms`
+        `newcomer welcome ms ${welcomeMs.map((ms) => ms.toFixed(0)).join(" ")}`
     )
   }, 40_000)
 })
 
 let newcomers = 0
 
-/** `n` connections that each send 65 KB without a newline before any hello; a newcomer's hello meanwhile. */
+/**
+ * `n` connections that each send 65 KB without a newline before any hello; new devices' hellos
+ * meanwhile, one every 100 ms while the flood lasts (at least one, at most eight).
+ */
 const preAuthFlood = async (gw: GatewayProcess, n: number) => {
-  const flooding = flood("preauth", gw.port, n, 15_000)
+  let done = false
+  const flooding = flood("preauth", gw.port, n, 15_000).finally(() => (done = true))
   await sleep(300)
-  const welcome = await helloTime(gw.port, `newcomer-${++newcomers}`)
-  return { ...(await flooding), welcome }
+  const welcomes: Array<Awaited<ReturnType<typeof helloTime>>> = []
+  do {
+    welcomes.push(await helloTime(gw.port, `newcomer-${++newcomers}`))
+    await sleep(100)
+  } while (!done && welcomes.length < 8)
+  return { ...(await flooding), welcomes }
 }
