@@ -30,8 +30,15 @@ const cannotStart = (line: string, code: number) =>
 const startFailure = (error: unknown) => {
   if (error instanceof Config.ConfigError) return cannotStart(describeConfigError(error), EX_CONFIG)
   if (error instanceof StagesFileError) return cannotStart(`invalid configuration: ${error.message}`, EX_CONFIG)
+  if (isTagged(error, "TlsFileError")) return cannotStart(`invalid configuration: ${error.message}`, EX_CONFIG)
+  if (isTagged(error, "AuthConfigError")) return cannotStart(`invalid configuration: ${error.message}`, EX_CONFIG) // src/auth/AuthConfigError.ts
   return cannotStart(`cannot start: ${reasonOf(error)}`, 1)
 }
+
+/** A tagged error of a module loaded only where the gateway runs (this process may be the primary). */
+const isTagged = (error: unknown, tag: string): error is { readonly _tag: string; readonly message: string } =>
+  typeof error === "object" && error !== null && (error as { readonly _tag?: unknown })._tag === tag &&
+  typeof (error as { readonly message?: unknown }).message === "string"
 
 /** The first non-empty message along an error's causes (a wrapper's own message may be empty). */
 const reasonOf = (error: unknown): string => {
@@ -70,6 +77,37 @@ const gateway = <E>(config: GatewayConfigShape, pipeline: Layer.Layer<Pipeline, 
     )
   })
 
+/** How often a gateway started by npm checks that npm is still its parent. */
+const PARENT_POLL_MS = 500
+
+/**
+ * Started by an npm script (`npm start`; npm sets `npm_lifecycle_event`), the gateway is npm's
+ * child: the script `exec`s node, so npm passes SIGTERM/SIGINT straight to it and waits for its
+ * drain. If npm dies without passing a signal on (SIGKILL, a crash), the gateway would keep its
+ * ports and store, orphaned: it notices that its parent changed (it was re-parented) and drains
+ * as on SIGTERM. Only under npm: a gateway left running on purpose (`nohup`, a shell that exits)
+ * is not stopped. Workers of a node watch their primary through their IPC channel instead.
+ */
+const watchNpmParent = (): void => {
+  const npmScript = process.env["npm_lifecycle_event"]
+  const isWorker = process.env[WorkerLink.WORKER_INDEX] !== undefined && process.send !== undefined
+  if (npmScript === undefined || isWorker) return
+  const parent = process.ppid
+  // a plain timer, kept out of the program's fibers (it must not change how a start runs or fails)
+  const timer = setInterval(() => {
+    if (process.ppid === parent) return
+    clearInterval(timer)
+    Effect.runFork(
+      Effect.logWarning("parent process gone (npm exited without passing a signal on): draining as on SIGTERM").pipe(
+        Effect.annotateLogs({ parent, npmScript }),
+        Effect.provide(logging),
+        Effect.ensuring(Effect.sync(() => process.kill(process.pid, "SIGTERM")))
+      )
+    )
+  }, PARENT_POLL_MS)
+  timer.unref()
+}
+
 const program = <E>(pipeline: Layer.Layer<Pipeline, E, GatewayConfig> | undefined) =>
   Effect.gen(function*() {
     const config = yield* Effect.service(GatewayConfig).pipe(Effect.provide(GatewayConfig.layer), Effect.catch(startFailure))
@@ -87,7 +125,8 @@ const logging = Logger.layer([process.stdout.isTTY ? Logger.consolePretty() : Lo
  * Runs the gateway with `pipeline` as its user stages (default: GATEWAY_STAGES_FILE) until a
  * signal; with GATEWAY_WORKERS > 1, runs the node's primary, whose workers run this same entry.
  */
-export const run = <E = never>(pipeline?: Layer.Layer<Pipeline, E, GatewayConfig>): void =>
+export const run = <E = never>(pipeline?: Layer.Layer<Pipeline, E, GatewayConfig>): void => {
+  watchNpmParent()
   NodeRuntime.runMain(program(pipeline).pipe(Effect.provide(logging)), {
     disableErrorReporting: false,
     teardown: (exit, onExit) => {
@@ -101,3 +140,4 @@ export const run = <E = never>(pipeline?: Layer.Layer<Pipeline, E, GatewayConfig
       process.stderr.write("", done)
     }
   })
+}

@@ -12,7 +12,7 @@
  * ```
  */
 import { Data, Effect, Schema } from "effect"
-import * as Fs from "node:fs/promises"
+import { readJsonFile } from "./JsonFile.ts"
 
 /** One entry of the file: a stage of the catalog, where it applies, and its options. */
 export const StageSpec = Schema.Struct({
@@ -38,18 +38,13 @@ export class StagesFileError extends Data.TaggedError("StagesFileError")<{
 // an unknown key is a typo to report, not to ignore
 const decode = Schema.decodeUnknownResult(StagesFile, { onExcessProperty: "error" })
 
+/** The largest stages file read (a stages file is a few KB; anything far larger is a mistake). */
+export const MAX_STAGES_FILE_BYTES = 1024 * 1024
+
 /** Reads and validates the stages file. */
 export const read = (path: string): Effect.Effect<ReadonlyArray<StageSpec>, StagesFileError> =>
-  Effect.tryPromise({
-    try: () => Fs.readFile(path, "utf8"),
-    catch: (cause) => new StagesFileError({ message: `GATEWAY_STAGES_FILE: cannot read ${path}: ${String(cause)}` })
-  }).pipe(
-    Effect.flatMap((text) =>
-      Effect.try({
-        try: () => JSON.parse(text) as unknown,
-        catch: (cause) => new StagesFileError({ message: `GATEWAY_STAGES_FILE: ${path} is not JSON: ${String(cause)}` })
-      })
-    ),
+  readJsonFile(path, MAX_STAGES_FILE_BYTES).pipe(
+    Effect.mapError((message) => new StagesFileError({ message: `GATEWAY_STAGES_FILE: ${message}` })),
     Effect.flatMap((json) => {
       const decoded = decode(json)
       return decoded._tag === "Success"

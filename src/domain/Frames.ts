@@ -19,23 +19,45 @@ export const SafeUint = Schema.Int.check(Schema.isBetween({ minimum: 0, maximum:
 
 const RFC3339 = /^(\d{4})-(\d{2})-(\d{2})[Tt ](\d{2}):(\d{2}):(\d{2})(\.\d{1,9})?([Zz]|[+-](\d{2}):(\d{2}))$/
 
-/** An RFC 3339 timestamp naming a real instant (no 30 February, no hour 25). */
+/**
+ * The device times the gateway accepts, in either form: from 1970-01-01T00:00:00Z (epoch ms 0)
+ * to 9999-12-31T23:59:59.999Z (the last instant a four-digit RFC 3339 year can name). One rule
+ * for numbers and strings: a string names an instant, and that instant must be in the range.
+ */
+export const MIN_DEVICE_TS = 0
+export const MAX_DEVICE_TS = 253_402_300_799_999
+
+const DAYS_IN_MONTH = [31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31]
+const isLeapYear = (y: number) => (y % 4 === 0 && y % 100 !== 0) || y % 400 === 0
+
+/** An RFC 3339 timestamp naming a real instant (no 30 February, no hour 25), without the range check. */
 const isRfc3339 = (s: string): boolean => {
   const m = RFC3339.exec(s)
   if (m === null) return false
   const [year, month, day, hour, minute, second] = [m[1], m[2], m[3], m[4], m[5], m[6]].map(Number) as [
     number, number, number, number, number, number
   ]
-  const daysInMonth = new Date(Date.UTC(year, month, 0)).getUTCDate()
+  // by hand: Date.UTC reads years 0..99 as 1900..1999 (0000-02-29 would not exist)
+  const daysInMonth = month === 2 && isLeapYear(year) ? 29 : DAYS_IN_MONTH[month - 1] ?? 0
   return month >= 1 && month <= 12 && day >= 1 && day <= daysInMonth && hour <= 23 && minute <= 59 && second <= 60 &&
     Number(m[9] ?? 0) <= 23 && Number(m[10] ?? 0) <= 59
 }
 
-/** Device time: epoch milliseconds or an RFC 3339 string (normalized by {@link toEpochMs}). */
+/** True for a number of epoch milliseconds the gateway accepts as device time. */
+const isDeviceTimeMs = (ts: number): boolean => Number.isSafeInteger(ts) && ts >= MIN_DEVICE_TS && ts <= MAX_DEVICE_TS
+
+/** True for an RFC 3339 string naming an instant the gateway accepts as device time. */
+const isDeviceTimeString = (ts: string): boolean => isRfc3339(ts) && isDeviceTimeMs(toEpochMs(ts))
+
+const TS_RANGE = "from 1970-01-01T00:00:00Z to 9999-12-31T23:59:59.999Z"
+
+/** Device time: epoch milliseconds or an RFC 3339 string (normalized by {@link toEpochMs}), within the range above. */
 export const DeviceTime = Schema.Union([
-  SafeUint,
+  Schema.Int.check(Schema.isBetween({ minimum: MIN_DEVICE_TS, maximum: MAX_DEVICE_TS }, {
+    message: `ts must be epoch milliseconds from 0 to ${MAX_DEVICE_TS} (${TS_RANGE})`
+  })),
   Schema.String.check(
-    Schema.makeFilter(isRfc3339, { message: "ts must be epoch milliseconds or an RFC 3339 date-time" })
+    Schema.makeFilter(isDeviceTimeString, { message: `ts must be epoch milliseconds or an RFC 3339 date-time ${TS_RANGE}` })
   )
 ])
 
@@ -119,9 +141,7 @@ const isPlainObject = (u: unknown): u is Fields =>
   typeof u === "object" && u !== null && Object.getPrototypeOf(u) === Object.prototype
 
 const isDeviceTime = (ts: unknown): boolean =>
-  typeof ts === "number"
-    ? Number.isSafeInteger(ts) && ts >= 0
-    : typeof ts === "string" && isRfc3339(ts)
+  typeof ts === "number" ? isDeviceTimeMs(ts) : typeof ts === "string" && isDeviceTimeString(ts)
 
 /** True for a plain object whose own values all pass `valid` (no `__proto__` key). */
 const isRecordOf = (u: unknown, valid: (v: unknown) => boolean): u is Fields => {

@@ -14,6 +14,7 @@ import * as Metrics from "../observability/Metrics.ts"
 import { MessageTracer } from "../observability/Tracing.ts"
 import { type DeadLetter, Sink } from "../sinks/Sink.ts"
 import type { Envelope } from "../domain/Envelope.ts"
+import { PermanentPersistenceError } from "../domain/Errors.ts"
 import { nackFrame } from "../domain/Frames.ts"
 import { answerOf, Tally, UNAVAILABLE_RETRY_AFTER_MS } from "./Answer.ts"
 import { commit, COMMIT } from "./Commit.ts"
@@ -106,14 +107,22 @@ export const layer = Layer.effectDiscard(Effect.gen(function*() {
       for (let i = 0; i < first.passed.length; i++) {
         const at = first.passedAt === undefined ? i : first.passedAt[i]!
         const e = first.passed[i]!
-        if (sameKey(e, batch[at]!.envelope)) {
-          toCommit.push(e)
-          commitAt.push(at)
-        } else {
-          ends.stops.push(new Stage.Rejected(new Stage.StageDefect({ stage: "pipeline", message: KEY_CHANGED, cause: undefined })))
+        const entered = batch[at]!
+        if (!sameKey(e, entered.envelope)) {
+          ends.stops.push(new Stage.Rejected(new Stage.StageDefect({ stage: GUARD, message: KEY_CHANGED, cause: undefined })))
           ends.at.push(at)
-          ends.by.push("pipeline")
+          ends.by.push(GUARD)
+          continue
         }
+        const unstorable = nestingOf(e, entered)
+        if (unstorable !== undefined) {
+          ends.stops.push(new Stage.Rejected(new PermanentPersistenceError({ sink: sink.name, message: unstorable })))
+          ends.at.push(at)
+          ends.by.push(GUARD)
+          continue
+        }
+        toCommit.push(e)
+        commitAt.push(at)
       }
       if (toCommit.length > 0) {
         const second = yield* committer.run(toCommit)
@@ -131,6 +140,7 @@ export const layer = Layer.effectDiscard(Effect.gen(function*() {
     const run = Effect.gen(function*() {
       const ends = yield* runStages(batch)
       yield* logDefects(ends)
+      yield* logUnstorable(batch, ends)
       yield* keepDeadLetters(batch, ends)
       answer(batch, ends)
       answered = true
@@ -197,8 +207,11 @@ interface Ends {
   readonly by: Array<string>
 }
 
+/** The checks between your stages and `commit` (the key guard, the nesting guard), as a stage name. */
+const GUARD = "pipeline"
+
 /** The gateway's own stage names. */
-const RESERVED: ReadonlySet<string> = new Set(["validate", "dedup", COMMIT, "pipeline"])
+const RESERVED: ReadonlySet<string> = new Set(["validate", "dedup", COMMIT, GUARD])
 
 const KEY_CHANGED =
   "a stage changed what it may not (device, epoch, seq, kind, gateway or traceparent), or passed on no envelope: not stored"
@@ -223,10 +236,252 @@ const deadLettersOf = (batch: ReadonlyArray<InFlight>, ends: Ends) => {
     if (!(stop instanceof Stage.Rejected) || ends.by[j] === COMMIT) continue
     const tag = stop.error._tag
     if (tag !== "ValidationError" && tag !== "PermanentPersistenceError") continue
-    letters.push({ envelope: batch[ends.at[j]!]!.envelope, reason: `stage ${ends.by[j]}: ${stop.error.message}` })
+    const reason = ends.by[j] === GUARD ? stop.error.message : `stage ${ends.by[j]}: ${stop.error.message}`
+    letters.push({ envelope: keepable(batch[ends.at[j]!]!.envelope), reason })
   }
   return letters
 }
+
+/** Logs the messages the nesting guard refused, once per batch: how many, the first one and why. */
+const logUnstorable = (batch: ReadonlyArray<InFlight>, ends: Ends) =>
+  Effect.suspend(() => {
+    let count = 0
+    let first: { readonly device: string; readonly seq: number; readonly why: string } | undefined
+    for (let j = 0; j < ends.stops.length; j++) {
+      const stop = ends.stops[j]!
+      if (ends.by[j] !== GUARD || !(stop instanceof Stage.Rejected) || stop.error._tag !== "PermanentPersistenceError") continue
+      count++
+      const e = batch[ends.at[j]!]!.envelope
+      first ??= { device: e.device, seq: e.seq, why: stop.error.message }
+    }
+    if (first === undefined) return Effect.void
+    return Effect.logWarning(`message not stored: ${first.why}; nacked invalid, kept as a dead letter`).pipe(
+      Effect.annotateLogs({ device: first.device, seq: first.seq, messages: count })
+    )
+  })
+
+// ---- nesting: what JSON serializers can take ----
+
+/**
+ * How deep a message may nest objects and arrays, counting its body (or a field a stage added)
+ * as level 1. JSON serializers and parsers recurse: V8's `JSON.stringify` overflows its stack
+ * near 4,400 levels (less inside a deep call stack), and consumers have limits of their own
+ * (serde_json 128, Python's json about 1,000). Deeper messages are refused before the store,
+ * as the store refuses what JSON cannot hold: `nack invalid`, a dead letter, one log line.
+ */
+export const MAX_NESTING = 128
+
+/** Characters of JSON text a dead letter keeps of a value too deep (or circular) to serialize whole. */
+export const DEAD_LETTER_TEXT_CHARS = 4_096
+
+type Fields = Readonly<Record<string, unknown>>
+
+const isObject = (v: unknown): v is object => typeof v === "object" && v !== null
+
+/**
+ * True when `value` nests objects and arrays more than `max` levels deep (itself level 1). A
+ * cycle is infinitely deep. Iterative, so it never overflows; it stops at the first path that
+ * passes `max`.
+ */
+export const nestsDeeperThan = (value: unknown, max: number): boolean => {
+  if (!isObject(value)) return false
+  const stack: Array<object> = [value]
+  const depths: Array<number> = [1]
+  while (stack.length > 0) {
+    const v = stack.pop()!
+    const depth = depths.pop()!
+    if (depth > max) return true
+    if (Array.isArray(v)) {
+      for (let i = 0; i < v.length; i++) {
+        const child: unknown = v[i]
+        if (isObject(child)) {
+          stack.push(child)
+          depths.push(depth + 1)
+        }
+      }
+    } else {
+      for (const key in v) {
+        const child = (v as Fields)[key]
+        if (isObject(child)) {
+          stack.push(child)
+          depths.push(depth + 1)
+        }
+      }
+    }
+  }
+  return false
+}
+
+/** True when `value` contains itself (a path that comes back to an object on it). Iterative. */
+const isCircular = (value: unknown): boolean => {
+  if (!isObject(value)) return false
+  const path: Array<{ readonly o: object; readonly children: ReadonlyArray<unknown>; i: number }> = []
+  const onPath = new Set<object>()
+  const enter = (o: object) => {
+    onPath.add(o)
+    path.push({ o, children: Array.isArray(o) ? o : Object.values(o), i: 0 })
+  }
+  enter(value)
+  while (path.length > 0) {
+    const top = path[path.length - 1]!
+    if (top.i >= top.children.length) {
+      onPath.delete(top.o)
+      path.pop()
+      continue
+    }
+    const child = top.children[top.i++]
+    if (!isObject(child)) continue
+    if (onPath.has(child)) return true
+    enter(child)
+  }
+  return false
+}
+
+/** The envelope's fields that are not the normalized envelope's own (added by stages). */
+const HEADER: ReadonlySet<string> = new Set(["device", "epoch", "seq", "kind", "deviceTs", "receivedAt", "gateway", "traceparent", "body"])
+
+/**
+ * Why `e` cannot be stored as JSON because of how it nests (too deep, or circular), or undefined.
+ * Free for what a device sent, unchanged, in the common case: a validated telemetry body nests 2
+ * levels (metrics, tags), and a frame of N bytes cannot nest deeper than N / 2, so only events
+ * from larger frames are walked; so is what stages replaced or added.
+ */
+const nestingOf = (e: Envelope, entered: InFlight): string | undefined => {
+  const original = entered.envelope
+  const walkBody = e.body !== original.body || (original.kind === "event" && entered.bytes > 2 * MAX_NESTING)
+  let deep = walkBody && nestsDeeperThan(e.body, MAX_NESTING)
+  if (!deep && e !== original) {
+    for (const key in e) {
+      if (!HEADER.has(key) && nestsDeeperThan((e as unknown as Fields)[key], MAX_NESTING)) {
+        deep = true
+        break
+      }
+    }
+  }
+  if (!deep) return undefined
+  return isCircular(e) ? "circular: cannot be stored as JSON" : `nested deeper than ${MAX_NESTING} levels: cannot be stored as JSON`
+}
+
+/**
+ * What a dead letter keeps of `e`: `e` itself, or, when it nests too deep (or in a circle) to be
+ * serialized, its normalized fields with the body (and the fields stages added) as the first
+ * {@link DEAD_LETTER_TEXT_CHARS} characters of their JSON text, written without recursion.
+ */
+const keepable = (e: Envelope): Envelope => {
+  if (!nestsDeeperThan(e, MAX_NESTING + 1)) return e
+  const added: Record<string, unknown> = {}
+  let anyAdded = false
+  for (const key of Object.keys(e)) {
+    if (HEADER.has(key)) continue
+    added[key] = (e as unknown as Fields)[key]
+    anyAdded = true
+  }
+  const kept = {
+    device: e.device,
+    epoch: e.epoch,
+    seq: e.seq,
+    kind: e.kind,
+    deviceTs: e.deviceTs,
+    receivedAt: e.receivedAt,
+    gateway: e.gateway,
+    traceparent: e.traceparent,
+    body: boundedJson(e.body, DEAD_LETTER_TEXT_CHARS),
+    ...(anyAdded ? { annotations: boundedJson(added, DEAD_LETTER_TEXT_CHARS) } : {})
+  }
+  // the body as text instead of its object: the sink writes the envelope as JSON, whatever it holds
+  return kept as unknown as Envelope
+}
+
+/**
+ * JSON text of `value` as `JSON.stringify` writes it, cut after `maxChars` characters (then
+ * ending in "…"), written without recursion: any depth, a cycle (written `"[cycle]"`), a BigInt
+ * (written `"<n>n"`), a throwing getter or `toJSON` (the text so far) never throw.
+ */
+export const boundedJson = (value: unknown, maxChars: number): string => {
+  let out = ""
+  const frames: Array<{ readonly o: object; readonly keys: ReadonlyArray<string> | null; i: number; wrote: boolean }> = []
+  const onPath = new Set<object>()
+  /** Writes `v` (already through {@link jsonValueOf}); an object or array opens a frame. */
+  const open = (v: unknown): void => {
+    if (!isObject(v)) {
+      out += primitiveJson(v, maxChars)
+      return
+    }
+    if (onPath.has(v)) {
+      out += `"[cycle]"`
+      return
+    }
+    onPath.add(v)
+    const isArray = Array.isArray(v)
+    out += isArray ? "[" : "{"
+    frames.push({ o: v, keys: isArray ? null : Object.keys(v), i: 0, wrote: false })
+  }
+  try {
+    const root = jsonValueOf(value)
+    if (isSkipped(root)) return "null"
+    open(root)
+    while (frames.length > 0 && out.length <= maxChars) {
+      const f = frames[frames.length - 1]!
+      if (f.keys === null) {
+        const items = f.o as ReadonlyArray<unknown>
+        if (f.i >= items.length) {
+          out += "]"
+          frames.pop()
+          onPath.delete(f.o)
+          continue
+        }
+        if (f.i > 0) out += ","
+        const item = jsonValueOf(items[f.i++])
+        if (isSkipped(item)) out += "null"
+        else open(item)
+        continue
+      }
+      let key: string | undefined
+      let item: unknown
+      while (f.i < f.keys.length) {
+        const k = f.keys[f.i++]!
+        item = jsonValueOf((f.o as Fields)[k])
+        if (!isSkipped(item)) {
+          key = k
+          break
+        }
+      }
+      if (key === undefined) {
+        out += "}"
+        frames.pop()
+        onPath.delete(f.o)
+        continue
+      }
+      out += `${f.wrote ? "," : ""}${JSON.stringify(key)}:`
+      f.wrote = true
+      open(item)
+    }
+  } catch {
+    return `${out.slice(0, maxChars)}…`
+  }
+  return out.length <= maxChars && frames.length === 0 ? out : `${out.slice(0, maxChars)}…`
+}
+
+/** What `JSON.stringify` writes for `v`: its `toJSON()` when it has one; a BigInt as a string. */
+const jsonValueOf = (v: unknown): unknown => {
+  if (typeof v === "bigint") return `${v}n`
+  if (isObject(v) && typeof (v as { readonly toJSON?: unknown }).toJSON === "function") {
+    return (v as { readonly toJSON: () => unknown }).toJSON()
+  }
+  return v
+}
+
+/** Values JSON leaves out of objects (and writes as null in arrays). */
+const isSkipped = (v: unknown) => v === undefined || typeof v === "function" || typeof v === "symbol"
+
+const primitiveJson = (v: unknown, maxChars: number): string =>
+  typeof v === "string"
+    ? JSON.stringify(v.length > maxChars ? v.slice(0, maxChars) : v)
+    : typeof v === "number"
+    ? (Number.isFinite(v) ? String(v) : "null")
+    : typeof v === "boolean"
+    ? String(v)
+    : "null"
 
 /** Logs each stage's bugs once per batch: how many messages, the first message and cause. */
 const logDefects = (ends: Ends) =>

@@ -12,7 +12,7 @@
  * looked up at all, so an outage does not slow every batch by the lookup timeout.
  */
 import { Clock, Context, Effect, Layer, Schema } from "effect"
-import * as Fs from "node:fs/promises"
+import { jsonProblem, readJsonFile } from "../config/JsonFile.ts"
 import type { Envelope } from "../domain/Envelope.ts"
 import { TransientUpstreamError } from "../domain/Errors.ts"
 import * as Stage from "../pipeline/Stage.ts"
@@ -50,7 +50,13 @@ export class DeviceDirectory extends Context.Service<DeviceDirectory, DeviceDire
           url.searchParams.set("ids", ids.join(","))
           const response = await fetch(url, { signal: AbortSignal.any([signal, AbortSignal.timeout(timeoutMs)]) })
           if (!response.ok) throw new Error(`HTTP ${response.status}`)
-          return (await response.json()) as unknown
+          const text = await response.text()
+          try {
+            return JSON.parse(text) as unknown
+          } catch (error) {
+            // V8's message quotes the answer's first bytes: the log gets what is wrong, not what was sent
+            throw new Error(`answer is not JSON (${jsonProblem(error)})`)
+          }
         },
         catch: (cause) =>
           new TransientUpstreamError({ sink: "device inventory", message: cause instanceof Error ? cause.message : String(cause), cause })
@@ -66,27 +72,33 @@ export class DeviceDirectory extends Context.Service<DeviceDirectory, DeviceDire
     )
   }
 
-  /** A JSON file `{ "<id>": { … }, … }`, read once when the layer is built. */
+  /**
+   * A JSON file `{ "<id>": { … }, … }`, read once when the layer is built: a regular file of at
+   * most 64 MiB (a FIFO or a device is refused at once rather than blocking the start). An error
+   * names the file and the problem, never the file's contents (the line goes to the log).
+   */
   static file(path: string): Layer.Layer<DeviceDirectory, TransientUpstreamError> {
     return Layer.effect(
       DeviceDirectory,
-      Effect.tryPromise({
-        try: () => Fs.readFile(path, "utf8").then((text) => JSON.parse(text) as unknown),
-        catch: (cause) => new TransientUpstreamError({ sink: "device inventory", message: `cannot read ${path}: ${String(cause)}`, cause })
-      }).pipe(
-        Effect.flatMap(parse),
+      readJsonFile(path, MAX_INVENTORY_FILE_BYTES).pipe(
+        Effect.mapError((message) => new TransientUpstreamError({ sink: "device inventory", message })),
+        Effect.flatMap((json) => parse(json, path)),
         Effect.map((known) => DeviceDirectory.of({ lookup: (ids) => Effect.succeed(pickKnown(known, ids)) }))
       )
     )
   }
 }
 
+/** The largest inventory file read (about 300,000 devices of a few fields). */
+const MAX_INVENTORY_FILE_BYTES = 64 * 1024 * 1024
+
 const decodeInfo = Schema.decodeUnknownResult(DeviceInfo)
 
-/** The records of an inventory answer; a record of the wrong shape is left out. */
-const parse = (json: unknown): Effect.Effect<ReadonlyMap<string, DeviceInfo>, TransientUpstreamError> => {
+/** The records of an inventory answer (or of `file`); a record of the wrong shape is left out. */
+const parse = (json: unknown, file?: string): Effect.Effect<ReadonlyMap<string, DeviceInfo>, TransientUpstreamError> => {
   if (typeof json !== "object" || json === null || Array.isArray(json)) {
-    return Effect.fail(new TransientUpstreamError({ sink: "device inventory", message: "unexpected answer: not a JSON object" }))
+    const message = file === undefined ? "unexpected answer: not a JSON object" : `${file}: not a JSON object of device records`
+    return Effect.fail(new TransientUpstreamError({ sink: "device inventory", message }))
   }
   const known = new Map<string, DeviceInfo>()
   let skipped = 0
