@@ -7,7 +7,7 @@
 import { type Config, Effect, Layer } from "effect"
 import { Admission } from "./admission/Admission.ts"
 import { MemoryBudget } from "./admission/MemoryBudget.ts"
-import { DeviceAuth } from "./auth/DeviceRegistry.ts"
+import { DeviceAuth } from "./auth/DeviceAuth.ts"
 import * as WorkerLink from "./cluster/WorkerLink.ts"
 import { GatewayConfig } from "./config/GatewayConfig.ts"
 import { Listener } from "./ingress/Listener.ts"

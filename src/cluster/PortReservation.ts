@@ -1,8 +1,9 @@
 /**
- * The device port as the primary holds it before any worker exists: bound with SO_REUSEPORT,
- * so the workers can bind the same port beside it. With GATEWAY_PORT=0 this is where the free
- * port is picked, once: every worker, and every restart, binds that number. Binding here also
- * fails the start early (one line) when the port is taken or the platform has no SO_REUSEPORT
+ * The device port as the primary holds it before any worker exists. With GATEWAY_PORT=0 this is
+ * where the free port is picked, once, bound with SO_REUSEPORT so the workers can bind the same
+ * port beside it: every worker, and every restart, binds that number. A fixed port is bound
+ * without it, only to check that nobody holds it (another node's workers included). Binding
+ * here fails the start early (one line) when the port is taken or the platform has no SO_REUSEPORT
  * (Node supports it on Linux 3.9+, FreeBSD 12+, DragonFly BSD 3.6+, Solaris 11.4, AIX 7.2.5+).
  *
  * The reservation must not outlive the start: the kernel spreads new connections over every
@@ -28,7 +29,9 @@ export const reserve = Effect.fn("PortReservation.reserve")(function*(host: stri
   const bound = yield* Effect.callback<number, NodeStartError>((resume) => {
     server.once("error", (e) =>
       resume(Effect.fail(new NodeStartError({ message: `device port ${host}:${port}: ${e.message}`, exitCode: 1 }))))
-    server.listen({ host, port, reusePort: true }, () => {
+    // a fixed port is checked with a plain bind: SO_REUSEPORT would let this node share a port
+    // another node's workers already hold (both bound with it), and both would start
+    server.listen({ host, port, reusePort: port === 0 }, () => {
       const address = server.address()
       resume(Effect.succeed(typeof address === "object" && address !== null ? address.port : port))
     })

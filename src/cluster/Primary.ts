@@ -6,6 +6,7 @@
  * ({@link ./NodeAdmin.ts}), and logs the node's one `listening` line (its `port` and
  * `adminPort`) once every worker listens.
  *
+ * SIGHUP is passed on to every worker (each reloads its TLS certificates and JWT keys).
  * SIGTERM/SIGINT: `/readyz` turns 503, every worker gets SIGTERM and drains as a single gateway
  * does, nothing is restarted, and the primary exits 0 once all of them exited 0, or 1 with one
  * line naming those that did not. A start that fails (a port taken, a worker that exits before
@@ -49,6 +50,12 @@ export const run = (config: GatewayConfigShape, setExitCode: (code: number) => v
         supervisor: workers,
         isDraining: () => draining
       })
+      // SIGHUP (reload TLS certificates and JWT keys) goes on to the workers; the primary has none
+      const hangup = () => workers.signal("SIGHUP")
+      yield* Effect.acquireRelease(
+        Effect.sync(() => process.on("SIGHUP", hangup)),
+        () => Effect.sync(() => process.off("SIGHUP", hangup))
+      )
       yield* workers.start
       yield* reservation.release
       yield* Effect.logInfo("listening").pipe(Effect.annotateLogs({

@@ -47,6 +47,8 @@ export interface Supervisor {
   readonly start: Effect.Effect<void, NodeStartError>
   /** SIGTERM to every worker, no more restarts; waits for all to exit. Returns what failed (empty: all exited 0). */
   readonly drain: Effect.Effect<ReadonlyArray<string>>
+  /** Sends `signal` to every running worker (SIGHUP: reload certificates and keys). */
+  readonly signal: (signal: NodeJS.Signals) => void
 }
 
 interface Slot {
@@ -218,6 +220,9 @@ export const make = Effect.fn("Supervisor.make")(function*(options: SupervisorOp
     workers: () =>
       slots.map((s) => ({ index: s.index, state: s.state, incarnation: s.incarnation, pid: s.worker?.pid, adminPort: s.adminPort })),
     start,
-    drain
+    drain,
+    signal: (signal) => {
+      for (const s of slots) s.worker?.kill(signal)
+    }
   } satisfies Supervisor
 })

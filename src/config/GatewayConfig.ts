@@ -5,6 +5,7 @@
  */
 import { Config, ConfigProvider, Context, Effect, Layer, Option, Schema } from "effect"
 import * as Os from "node:os"
+import { parseNatsUrl } from "../sinks/nats/NatsUrl.ts"
 
 /** Decimal integers only: `0x10`, `1e3` or ` 7` are refused, not read as numbers. */
 const int = (name: string, fallback: number, min: number, max = Number.MAX_SAFE_INTEGER) =>
@@ -30,6 +31,19 @@ export const gatewayConfig = Config.all({
   dataDir: Config.String("GATEWAY_DATA_DIR").pipe(Config.withDefault("./data")),
   sink: Config.Literals(["sqlite"], "GATEWAY_SINK").pipe(Config.withDefault("sqlite" as const)),
   devicesFile: Config.option(Config.String("GATEWAY_DEVICES")),
+  /** Fleet keys for JWT device credentials (see auth/JwksSource.ts): a JWKS file, re-read when it changes, or a URL; not both. */
+  jwksFile: Config.option(Config.String("GATEWAY_JWKS_FILE")),
+  jwksUrl: Config.option(Config.String("GATEWAY_JWKS_URL")),
+  /** The `iss` / `aud` a device JWT must carry, when set. */
+  jwtIssuer: Config.option(Config.String("GATEWAY_JWT_ISSUER")),
+  jwtAudience: Config.option(Config.String("GATEWAY_JWT_AUDIENCE")),
+  /** Seconds of clock skew tolerated on a device JWT's `exp` / `nbf`. */
+  jwtClockToleranceS: int("GATEWAY_JWT_CLOCK_TOLERANCE_S", 30, 0, 300),
+  /** TLS on the device port: certificate chain and key (PEM files; both or neither). */
+  tlsCert: Config.option(Config.String("GATEWAY_TLS_CERT")),
+  tlsKey: Config.option(Config.String("GATEWAY_TLS_KEY")),
+  /** CA bundle (PEM) for client certificates: when set, every device must present one naming it. */
+  tlsCa: Config.option(Config.String("GATEWAY_TLS_CA")),
   /** The stages file: user stages after ingest (see config/StagesFile.ts); none when unset. */
   stagesFile: Config.option(Config.String("GATEWAY_STAGES_FILE")),
   gatewayId: Config.schema(
@@ -71,12 +85,46 @@ export const gatewayConfig = Config.all({
   flapLimit: int("GATEWAY_FLAP_LIMIT", 20, 1),
   flapWindowMs: int("GATEWAY_FLAP_WINDOW_MS", 60_000, 100),
   flapBanMs: int("GATEWAY_FLAP_BAN_MS", 60_000, 100),
+  /** Connections not yet welcomed, node-wide (0 = a quarter of the connection cap). */
+  unauthenticatedMax: int("GATEWAY_UNAUTHENTICATED_MAX", 0, 0),
+  /** Connections not yet welcomed from one address at once. */
+  unauthenticatedPerSource: int("GATEWAY_UNAUTHENTICATED_PER_SOURCE", 256, 1),
+  /** Failed authentications from one address within the window before it is refused for the rest of it. */
+  authFailLimit: int("GATEWAY_AUTH_FAIL_LIMIT", 20, 1),
+  authFailWindowMs: int("GATEWAY_AUTH_FAIL_WINDOW_MS", 60_000, 100),
   /** Secret that signs the resume hint of `goaway` (shared by the nodes of a fleet); default: kept in the data dir. */
   resumeSecret: Config.option(Config.Redacted("GATEWAY_RESUME_SECRET")),
   /** Worker processes on the device port (1 = this process alone). */
   workers: int("GATEWAY_WORKERS", 1, 1, 256),
   /** Bind the device port with SO_REUSEPORT (set by the primary for its workers). */
-  reusePort: Config.Boolean("GATEWAY_REUSE_PORT").pipe(Config.withDefault(false))
+  reusePort: Config.Boolean("GATEWAY_REUSE_PORT").pipe(Config.withDefault(false)),
+  /** NATS JetStream sink (sinks/nats/): one server or several, comma-separated (see sinks/nats/NatsUrl.ts). */
+  natsUrl: Config.schema(
+    Schema.String.check(Schema.makeFilter((s: string) => {
+      const parsed = parseNatsUrl(s)
+      return typeof parsed === "string" ? parsed : undefined
+    })),
+    "NATS_URL"
+  ).pipe(Config.withDefault("nats://127.0.0.1:4222")),
+  /** NATS credentials file (`.creds`: user JWT and nkey seed). */
+  natsCreds: Config.option(Config.String("NATS_CREDS")),
+  /** TLS to NATS: CA bundle, client certificate and key (PEM files). */
+  natsTlsCa: Config.option(Config.String("NATS_TLS_CA")),
+  natsTlsCert: Config.option(Config.String("NATS_TLS_CERT")),
+  natsTlsKey: Config.option(Config.String("NATS_TLS_KEY")),
+  /** The JetStream stream the sink publishes into (it must take `devices.>` subjects). */
+  natsStream: Config.schema(
+    Schema.String.check(Schema.isPattern(/^[A-Za-z0-9_-]{1,64}$/, { message: "expected 1..64 of A-Z a-z 0-9 _ -" })),
+    "NATS_STREAM"
+  ).pipe(Config.withDefault("DEVICES")),
+  /** Create the stream at start when it does not exist (otherwise a missing stream stops the start). */
+  natsStreamCreate: Config.Boolean("NATS_STREAM_CREATE").pipe(Config.withDefault(false)),
+  natsStorage: Config.Literals(["file", "memory"], "NATS_STORAGE").pipe(Config.withDefault("file" as const)),
+  /** The stream's duplicate window (created streams); an existing shorter one is warned about at start. */
+  natsDuplicateWindowMs: int("NATS_DUPLICATE_WINDOW_MS", 120_000, 1_000, 7 * 24 * 3_600_000),
+  natsReplicas: int("NATS_REPLICAS", 1, 1, 5),
+  /** Every publish waits at most this long for its PubAck (a hung server is detected). */
+  natsAckTimeoutMs: int("NATS_ACK_TIMEOUT_MS", 5_000, 100, 600_000)
 })
 
 /** Default memory budget: an eighth of the machine's memory, between 64 MiB and 512 MiB. */
@@ -86,7 +134,7 @@ function defaultMemoryBudget(): number {
 
 /** The resolved configuration. */
 export type GatewayConfigShape = Config.Success<typeof gatewayConfig> & {
-  /** True when the device registry is absent and the listener was forced to loopback. */
+  /** True when no credential is configured (no registry, no client CA, no JWT keys): the listener was forced to loopback. */
   readonly openAccess: boolean
 }
 
@@ -96,7 +144,8 @@ export class GatewayConfig extends Context.Service<GatewayConfig, GatewayConfigS
   static readonly layer = Layer.effect(
     GatewayConfig,
     Effect.map(gatewayConfig, (c) => {
-      const openAccess = Option.isNone(c.devicesFile)
+      // a client certificate is a credential too: with mutual TLS the port may face the network
+      const openAccess = Option.isNone(c.devicesFile) && Option.isNone(c.tlsCa) && Option.isNone(c.jwksFile) && Option.isNone(c.jwksUrl)
       return GatewayConfig.of({ ...c, host: openAccess ? loopbackOf(c.host) : c.host, openAccess })
     })
   )

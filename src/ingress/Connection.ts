@@ -22,7 +22,8 @@ import type { AdmissionShape } from "../admission/Admission.ts"
 import { DeviceRateLimit } from "../admission/DeviceRateLimit.ts"
 import { type Budget, messageCost } from "../admission/MemoryBudget.ts"
 import type { GatewayConfigShape } from "../config/GatewayConfig.ts"
-import type { DeviceAuthShape, RateLimits } from "../auth/DeviceRegistry.ts"
+import type { DeviceAuthShape } from "../auth/DeviceAuth.ts"
+import type { RateLimits } from "../auth/DeviceRegistry.ts"
 import type { Envelope } from "../domain/Envelope.ts"
 import type { ErrorCode, ValidationError } from "../domain/Errors.ts"
 import { decodeHello, errorFrame, goawayFrame, type Kind, nackFrame, PONG, welcomeFrame } from "../domain/Frames.ts"
@@ -38,6 +39,7 @@ import { closeGracefully } from "./Closing.ts"
 import { HELLO_MAX_BYTES, HelloReader } from "./HelloReader.ts"
 import { LineFramer } from "./LineFramer.ts"
 import { type ReadSlices, SMALL_READ_BYTES } from "./ReadSlices.ts"
+import { certificateRefusal, type TlsTerminator } from "./Tls.ts"
 import { OrderedAnswers } from "./OrderedAnswers.ts"
 import type { Replaceable, Sessions } from "./Sessions.ts"
 
@@ -58,6 +60,10 @@ export interface ConnectionEnv {
   readonly slices: ReadSlices
   /** Turns for opening sessions (auth, admission, a store read each), apart from the reads'. */
   readonly helloSlices: ReadSlices
+  /** TLS on the device port (the socket is then a TLSSocket), or none. */
+  readonly tls: TlsTerminator | undefined
+  /** Connections admitted and not yet welcomed, oldest first (the listener evicts from the front). */
+  readonly awaitingHello: Set<Connection>
   /** Rate limits of devices whose registry entry names no class. */
   readonly defaultLimits: RateLimits
 }
@@ -125,10 +131,16 @@ export class Connection implements Replier, Replaceable {
   private arrivedAt = 0
   private receivedAt = 0
   private readonly socket: Net.Socket
+  /** The peer's address (admission counts it as unauthenticated until the welcome). */
+  private readonly peer: string
+  private unauthenticated = true
+  /** When it was accepted (`performance.now()`). */
+  readonly acceptedAt = performance.now()
   private readonly env: ConnectionEnv
 
-  constructor(socket: Net.Socket, env: ConnectionEnv) {
+  constructor(socket: Net.Socket, peer: string, env: ConnectionEnv) {
     this.socket = socket
+    this.peer = peer
     this.env = env
   }
 
@@ -481,9 +493,18 @@ export class Connection implements Replier, Replaceable {
       this.helloText = ""
       if (hello === undefined) return
       const { config, auth, sessions, sink, admission } = this.env
-      const authed = auth.authenticate(hello.device, hello.token)
+      // mutual TLS: the certificate must name the device (before any credential is looked at)
+      const unnamed = this.env.tls?.mutual === true ? certificateRefusal(this.socket, hello.device) : undefined
+      if (unnamed !== undefined) {
+        Metrics.record(Metrics.errors("AuthError"), 1)
+        admission.authFailed(this.peer, hello.device, "certificate", Date.now())
+        return this.fatal("auth", unnamed, "auth_failed")
+      }
+      const authed = yield* Effect.result(auth.authenticate(hello.device, hello.token)) // a JWT's check is asynchronous
+      if (this.socket.destroyed) return // gone meanwhile: nothing to admit
       if (Result.isFailure(authed)) {
         Metrics.record(Metrics.errors("AuthError"), 1)
+        admission.authFailed(this.peer, hello.device, authed.failure.reason, Date.now())
         return this.fatal("auth", authed.failure.message, "auth_failed")
       }
       if (this.env.lifecycle.isDraining()) return this.fatal("shutdown", "gateway is shutting down", "shutdown")
@@ -501,6 +522,7 @@ export class Connection implements Replier, Replaceable {
       this.limits = authed.success.limits ?? this.env.defaultLimits
       sessions.claim(this.device, this)
       this.state = "open"
+      this.leaveUnauthenticated()
       this.socket.setTimeout(Math.ceil(config.keepaliveMs * 1.5))
       this.out += welcomeFrame(randomUUID(), config.keepaliveMs, config.maxFrameBytes, lastSeq)
       Metrics.record(Metrics.connections("accepted"), 1)
@@ -619,8 +641,22 @@ export class Connection implements Replier, Replaceable {
     this.wake()
   }
 
+  private leaveUnauthenticated(): void {
+    if (!this.unauthenticated) return
+    this.unauthenticated = false
+    this.env.awaitingHello.delete(this)
+    this.env.admission.welcomedOrGone(this.peer)
+  }
+
+  /** Closed before its welcome to make room for a newer connection (`busy`). */
+  evict(refusal: { readonly message: string; readonly retryAfterMs: number }): void {
+    this.leaveUnauthenticated()
+    this.fatal("busy", refusal.message, "busy", refusal.retryAfterMs)
+  }
+
   private finish(): void {
     clearTimeout(this.helloTimer)
+    this.leaveUnauthenticated()
     this.close()
     const { budget, sessions } = this.env
     budget.release(this.answers.abandon())

@@ -18,12 +18,12 @@
  * `goaway`, in-flight messages are answered until they are all done or the drain deadline
  * passes, then the remaining connections are closed with `error shutdown`.
  */
-import { Context, Effect, FiberSet, Layer, Schedule } from "effect"
+import { Context, Effect, FiberSet, Layer, Option, Schedule } from "effect"
 import * as Net from "node:net"
-import { Admission } from "../admission/Admission.ts"
+import { Admission, EVICT_AFTER_MS } from "../admission/Admission.ts"
 import { MemoryBudget } from "../admission/MemoryBudget.ts"
-import { DeviceAuth } from "../auth/DeviceRegistry.ts"
-import { GatewayConfig } from "../config/GatewayConfig.ts"
+import { DeviceAuth } from "../auth/DeviceAuth.ts"
+import { GatewayConfig, type GatewayConfigShape } from "../config/GatewayConfig.ts"
 import { Lifecycle } from "../Lifecycle.ts"
 import * as Metrics from "../observability/Metrics.ts"
 import { MessageTracer } from "../observability/Tracing.ts"
@@ -35,6 +35,7 @@ import { Sink } from "../sinks/Sink.ts"
 import { refuseBusy } from "./Closing.ts"
 import { Connection, type ConnectionEnv } from "./Connection.ts"
 import { ReadSlices } from "./ReadSlices.ts"
+import { TlsFileError, TlsTerminator } from "./Tls.ts"
 
 /**
  * Connections the kernel may hold before they are accepted (Node's default is 511): a
@@ -60,6 +61,8 @@ export class Listener extends Context.Service<Listener, ListenerShape>()("gatewa
     Listener,
     Effect.gen(function*() {
       const config = yield* GatewayConfig
+      const tls = yield* tlsOf(config)
+      if (tls !== undefined) yield* tls.watch()
       const env: ConnectionEnv = {
         config,
         auth: yield* DeviceAuth,
@@ -73,6 +76,8 @@ export class Listener extends Context.Service<Listener, ListenerShape>()("gatewa
         admission: yield* Admission,
         slices: new ReadSlices(READ_SLICE_MS),
         helloSlices: new ReadSlices(READ_SLICE_MS),
+        tls,
+        awaitingHello: new Set(),
         defaultLimits: { msgsPerSec: config.deviceMsgsPerSec, bytesPerSec: config.deviceBytesPerSec }
       }
       const { lifecycle, admission, budget } = env
@@ -83,13 +88,22 @@ export class Listener extends Context.Service<Listener, ListenerShape>()("gatewa
       const server = Net.createServer({ pauseOnConnect: true, allowHalfOpen: true, noDelay: true })
 
       server.on("connection", (socket) => {
-        const refusal = admission.atAccept(open.size, refusing, lifecycle.isDraining())
+        const peer = socket.remoteAddress ?? "unknown"
+        // make room: the connection that waited longest for its hello goes first, if it waited long
+        const now = performance.now()
+        while (admission.unauthenticatedFull()) {
+          const oldest = env.awaitingHello.values().next()
+          if (oldest.done === true || now - oldest.value.acceptedAt < EVICT_AFTER_MS) break
+          oldest.value.evict(admission.evicted())
+        }
+        const refusal = admission.atAccept(open.size, refusing, lifecycle.isDraining(), peer)
         if (refusal !== undefined) {
           refusing++
           return refuseBusy(socket, refusal, admission.tightOnDescriptors(open.size, refusing) ? 0 : 2_000, refused)
         }
-        const conn = new Connection(socket, env)
+        const conn = new Connection(tls === undefined ? socket : tls.wrap(socket), peer, env)
         open.add(conn)
+        env.awaitingHello.add(conn)
         Metrics.record(Metrics.connectionsActive, open.size)
         const fiber = runFork(conn.run())
         fiber.addObserver(() => {
@@ -135,6 +149,22 @@ export class Listener extends Context.Service<Listener, ListenerShape>()("gatewa
       )
       return Listener.of({ port })
     })
+  )
+}
+
+/** The TLS terminator of GATEWAY_TLS_CERT/KEY/CA, or none (plain TCP) when they are unset. */
+const tlsOf = (config: GatewayConfigShape): Effect.Effect<TlsTerminator | undefined, TlsFileError> => {
+  const { tlsCert, tlsKey, tlsCa } = config
+  if (Option.isNone(tlsCert) && Option.isNone(tlsKey)) {
+    return Option.isNone(tlsCa)
+      ? Effect.succeed(undefined)
+      : Effect.fail(new TlsFileError({ message: "GATEWAY_TLS_CA needs GATEWAY_TLS_CERT and GATEWAY_TLS_KEY (client certificates are checked in TLS)" }))
+  }
+  if (Option.isNone(tlsCert) || Option.isNone(tlsKey)) {
+    return Effect.fail(new TlsFileError({ message: "GATEWAY_TLS_CERT and GATEWAY_TLS_KEY go together: set both or neither" }))
+  }
+  return TlsTerminator.load({ cert: tlsCert.value, key: tlsKey.value, ca: tlsCa }).pipe(
+    Effect.tap((t) => Effect.logInfo(t.mutual ? "device port: mutual TLS (client certificates required)" : "device port: TLS"))
   )
 }
 

@@ -186,6 +186,16 @@ const admissionRefusalsTotal = family((attributes) =>
 /** Counter of admission refusals for one reason. */
 export const admissionRefusals = (reason: RefusalReason): Metric.Metric<number, unknown> => admissionRefusalsTotal({ reason })
 
+/** Failed authentications (wrong token, unknown device, a certificate that does not name the device). */
+export const authFailures = Metric.counter("gateway_auth_failures_total", {
+  description: "hellos that failed authentication"
+})
+
+/** Source addresses refused for a while after too many failed authentications. */
+export const authBlocks = Metric.counter("gateway_auth_source_blocks_total", {
+  description: "source addresses blocked for too many failed authentications"
+})
+
 /** Devices banned for flapping. */
 export const flapBans = Metric.counter("gateway_flap_bans_total", {
   description: "devices banned for reconnecting too often"
@@ -199,3 +209,18 @@ const acceptErrorsTotal = family((attributes) =>
 )
 /** Counter of accept errors of one code. */
 export const acceptErrors = (code: AcceptErrorCode): Metric.Metric<number, unknown> => acceptErrorsTotal({ code })
+
+/** Why a TLS handshake on the device port failed. */
+export type TlsFailure = "certificate" | "not_tls" | "reset" | "other"
+
+const tlsHandshakeFailuresTotal = family((attributes) =>
+  Metric.counter("gateway_tls_handshake_failures_total", { description: "TLS handshakes on the device port that failed, by reason", attributes })
+)
+/** Counter of failed TLS handshakes of one reason. */
+export const tlsHandshakeFailures = (reason: TlsFailure): Metric.Metric<number, unknown> => tlsHandshakeFailuresTotal({ reason })
+
+const tlsReloadsTotal = family((attributes) =>
+  Metric.counter("gateway_tls_reloads_total", { description: "TLS certificate reloads, by result", attributes })
+)
+/** Counter of TLS certificate reloads with one result. */
+export const tlsReloads = (result: "ok" | "failed"): Metric.Metric<number, unknown> => tlsReloadsTotal({ result })

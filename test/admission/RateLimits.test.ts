@@ -149,22 +149,22 @@ describe("per-device rate limits", () => {
     expect(small.slice(20).every((a) => a.type === "nack" && a["code"] === "rate_limited")).toBe(true)
   })
 
-  it("a registry device naming an undefined class stops the start: exit 1, one line naming the device and the class", async () => {
+  it("a registry device naming an undefined class stops the start: exit 78 (bad configuration), one line naming the device and the class", async () => {
     const entry = newEntry("dev-classless", ["telemetry"]).entry
     const file = registry([{ ...entry, class: "fast" }], { slow: { msgsPerSec: 5, bytesPerSec: 0 } })
     const { code, output } = await runToExit(dir(), { GATEWAY_DEVICES: file, GATEWAY_HOST: "127.0.0.1" })
-    expect({ code, output }).toEqual({ code: 1, output: expect.any(String) })
+    expect({ code, output }).toEqual({ code: 78, output: expect.any(String) })
     const errors = logLines(output).filter((l) => l.level === "ERROR")
     expect(errors).toHaveLength(1)
     const line = messageOf(errors[0]!)
-    expect(line).toMatch(/^cannot start: GATEWAY_DEVICES: /)
+    expect(line).toMatch(/^invalid configuration: GATEWAY_DEVICES: /)
     expect(line).toContain("dev-classless")
     expect(line).toContain('"fast"')
     expect(output).not.toContain('"message":"listening"')
     // no "classes" at all is the same mistake
     const bare = registry([{ ...entry, class: "slow" }])
     const second = await runToExit(dir(), { GATEWAY_DEVICES: bare, GATEWAY_HOST: "127.0.0.1" })
-    expect(second.code).toBe(1)
+    expect(second.code).toBe(78)
     expect(logLines(second.output).filter((l) => l.level === "ERROR").map(messageOf)).toEqual([
       expect.stringContaining("names class \"slow\"")
     ])

@@ -14,6 +14,7 @@ import { tempDir } from "../support/gateway.ts"
 import { metricValue, scrape } from "../support/metrics.ts"
 import { killChildren, type LogLine, logLines, messageOf, type RunningGateway, runToExit, startChild } from "../support/process.ts"
 import { rows } from "../support/store.ts"
+import { makePki } from "../support/certs.ts"
 
 const dirs = new Set<string>()
 /** Worker pids this file's nodes started, with the data dir each was given. */
@@ -351,6 +352,17 @@ describe("GATEWAY_WORKERS=2", () => {
     expect(auditStore(dataDir, devices)).toEqual([])
   }, 60_000)
 
+  it("a second node on the device port of a running node does not start (SO_REUSEPORT would let it share)", async () => {
+    const { node } = await startNode()
+    const dataDir = tempDir("gw-workers-second-")
+    dirs.add(dataDir)
+    // before: it bound the port beside the first node's workers and both served it
+    const second = await runToExit(dataDir, { GATEWAY_WORKERS: "2", GATEWAY_PORT: String(node.port) })
+    expect(second.code).toBe(1)
+    expect(logLines(second.output).filter((l) => l.level === "ERROR").map(messageOf)).toEqual([expect.stringMatching(/^cannot start: device port .*EADDRINUSE/)])
+    expect(node.child.exitCode).toBeNull()
+  }, 30_000)
+
   it("a bad configuration fails the node's start with one line and exit 78", async () => {
     const dataDir = tempDir("gw-workers-config-")
     dirs.add(dataDir)
@@ -367,5 +379,33 @@ describe("GATEWAY_WORKERS=2", () => {
     expect(lines.filter((l) => l.level === "ERROR").map(messageOf)).toEqual([expect.stringContaining("invalid configuration: GATEWAY_STAGES_FILE")])
     expect(lines.filter((l) => messageOf(l) === "worker started").map((l) => l.annotations?.["worker"])).toEqual([0])
     expect(lines.map(messageOf)).not.toContain("listening")
+  }, 30_000)
+
+  it("SIGHUP to the primary reaches the workers: the node stays up and new TLS handshakes get the new certificate", async () => {
+    const pkiDir = tempDir("gw-workers-pki-")
+    dirs.add(pkiDir)
+    const { ca, server } = makePki(pkiDir)
+    const cert = Path.join(pkiDir, "gw.crt")
+    const key = Path.join(pkiDir, "gw.key")
+    Fs.copyFileSync(server.cert, cert)
+    Fs.copyFileSync(server.key, key)
+    const { node } = await startNode({ GATEWAY_TLS_CERT: cert, GATEWAY_TLS_KEY: key })
+    const cnOf = async () => {
+      const d = await Device.connectTls(node.port, { ca: Fs.readFileSync(ca.cert) })
+      const cn = d.peerCertificateCn()
+      d.end()
+      return cn
+    }
+    expect(await cnOf()).toBe("gateway.test")
+    const next = ca.issue("server-next", "gateway-next.test", ["IP:127.0.0.1"])
+    Fs.copyFileSync(next.cert, cert)
+    Fs.copyFileSync(next.key, key)
+    node.child.kill("SIGHUP") // before: the primary had no handler, and SIGHUP killed it
+    await sleep(300) // well before the 2 s file poll
+    expect(node.child.exitCode).toBeNull()
+    // each worker answers a share of the connections: both must have reloaded
+    const cns = new Set<string | undefined>()
+    for (let i = 0; i < 20; i++) cns.add(await cnOf())
+    expect([...cns]).toEqual(["gateway-next.test"])
   }, 30_000)
 })

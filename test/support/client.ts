@@ -1,7 +1,8 @@
 /**
- * Test support: a device speaking raw bytes over a real TCP socket, reading answers line by line.
+ * Test support: a device speaking raw bytes over a real TCP (or TLS) socket, reading answers line by line.
  */
 import * as Net from "node:net"
+import * as Tls from "node:tls"
 
 /** A frame the gateway wrote, parsed. */
 export type Answer = Record<string, unknown> & { readonly type: string }
@@ -43,10 +44,18 @@ export class Device {
     for (const f of w) f()
   }
 
-  /** Connects to the gateway on 127.0.0.1. */
-  static connect(port: number): Promise<Device> {
+  /** Connects to the gateway on 127.0.0.1 (from `localAddress`, another loopback address, when given). */
+  static connect(port: number, localAddress?: string): Promise<Device> {
     return new Promise((resolve, reject) => {
-      const socket = Net.connect({ port, host: "127.0.0.1" }, () => resolve(new Device(socket)))
+      const socket = Net.connect({ port, host: "127.0.0.1", ...(localAddress === undefined ? {} : { localAddress }) }, () => resolve(new Device(socket)))
+      socket.once("error", reject)
+    })
+  }
+
+  /** Connects over TLS (`options`: CA, client certificate…); resolves once the handshake is done. */
+  static connectTls(port: number, options: Tls.ConnectionOptions = {}): Promise<Device> {
+    return new Promise((resolve, reject) => {
+      const socket = Tls.connect({ port, host: "127.0.0.1", ...options }, () => resolve(new Device(socket)))
       socket.once("error", reject)
     })
   }
@@ -103,6 +112,17 @@ export class Device {
     } catch {
       return true
     }
+  }
+
+  /** The answer lines received and not yet taken. */
+  received(): ReadonlyArray<string> {
+    return this.lines
+  }
+
+  /** The subject CN of the gateway's certificate (TLS connections). */
+  peerCertificateCn(): string | undefined {
+    const cn = this.socket instanceof Tls.TLSSocket ? this.socket.getPeerCertificate().subject?.CN : undefined
+    return typeof cn === "string" ? cn : undefined
   }
 
   /** Closes our side. */
