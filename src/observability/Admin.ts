@@ -1,6 +1,7 @@
 /**
  * The admin HTTP port: Prometheus text at `/metrics`, liveness at `/healthz` (the process
- * serves), readiness at `/readyz` (false while draining or when the sink cannot take writes).
+ * serves), readiness at `/readyz` (false while draining or when the sink cannot take writes: its
+ * last write failed, or its store is corrupt or lost; the body says why).
  */
 import * as NodeHttpServer from "@effect/platform-node/NodeHttpServer"
 import { Context, Effect, Layer } from "effect"
@@ -14,15 +15,16 @@ import { Sink } from "../sinks/Sink.ts"
 const readiness = Layer.unwrap(Effect.gen(function*() {
   const lifecycle = yield* Lifecycle
   const sink = yield* Sink
+  const reason = sink.unavailableReason ?? Effect.succeed(undefined)
   return HttpRouter.add(
     "GET",
     "/readyz",
-    Effect.map(sink.isHealthy, (healthy) =>
-      lifecycle.isDraining()
-        ? HttpServerResponse.text("draining\n", { status: 503 })
-        : healthy
-        ? HttpServerResponse.text("ready\n")
-        : HttpServerResponse.text(`sink ${sink.name} unavailable\n`, { status: 503 }))
+    Effect.gen(function*() {
+      if (lifecycle.isDraining()) return HttpServerResponse.text("draining\n", { status: 503 })
+      if (yield* sink.isHealthy) return HttpServerResponse.text("ready\n")
+      const why = yield* reason
+      return HttpServerResponse.text(`sink ${sink.name} unavailable${why === undefined ? "" : `: ${why}`}\n`, { status: 503 })
+    })
   )
 }))
 

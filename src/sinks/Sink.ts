@@ -37,8 +37,13 @@ export interface SinkShape {
   readonly deadLetter: (records: ReadonlyArray<DeadLetter>) => Effect.Effect<void, TransientUpstreamError>
   /** Highest committed seq of (device, epoch), or null when none is known. */
   readonly lastSeq: (device: string, epoch: number) => Effect.Effect<number | null, TransientUpstreamError>
-  /** True while the sink can take writes (readiness). */
+  /**
+   * True while the sink can take writes (readiness): it follows the sink's real writes (false
+   * from a failed write until one succeeds), not only whether its connection or thread is up.
+   */
   readonly isHealthy: Effect.Effect<boolean>
+  /** Why the sink cannot take writes now, for `/readyz` and logs (undefined while healthy). */
+  readonly unavailableReason?: Effect.Effect<string | undefined>
 }
 
 /** The generic sink service: the persistence stage depends on this tag only. */

@@ -3,6 +3,7 @@
  * and its tests: the schema (DESIGN.md's `messages` table, mirrored in PostgreSQL), opening a
  * database in WAL mode, and writing one batch of rows in one transaction.
  */
+import * as Fs from "node:fs"
 import { DatabaseSync, type StatementSync } from "node:sqlite"
 import { annotationsOf, type Envelope } from "../domain/Envelope.ts"
 import { Outcome } from "./Outcome.ts"
@@ -10,7 +11,7 @@ import { whileBusy, WriteLock } from "./SqliteWriteLock.ts"
 
 /**
  * The schema of DESIGN.md, plus `annotations` (the fields stages added, as a JSON object, or
- * NULL), the per-device state and dead letters.
+ * NULL), the per-device state, dead letters, and the one row that write probes rewrite.
  */
 export const SCHEMA = `
 CREATE TABLE IF NOT EXISTS messages (
@@ -24,6 +25,7 @@ CREATE TABLE IF NOT EXISTS device_state (
 CREATE TABLE IF NOT EXISTS dead_letters (
   id INTEGER PRIMARY KEY, device TEXT, epoch INTEGER, seq INTEGER, kind TEXT,
   reason TEXT NOT NULL, envelope TEXT NOT NULL, failed_at INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS store_probe (id INTEGER PRIMARY KEY, at INTEGER NOT NULL, pad BLOB NOT NULL);
 `
 
 /** One message as the writer inserts it: the columns of `messages` (body as JSON text). */
@@ -126,6 +128,121 @@ export const safeJson = (value: unknown): string => {
   }) ?? "null"
 }
 
+/**
+ * What kind of store fault a failed write was, for readiness, logs and metrics: `full` (no space
+ * left), `io` (an I/O error, or the file cannot be opened), `corrupt` (a malformed page, or not a
+ * database), `readonly` (the file or its filesystem became read-only), `busy` (another process
+ * held the write lock past the budget), `lost` (the file was removed or replaced under the
+ * gateway), `other`.
+ */
+export type Fault = "full" | "io" | "corrupt" | "readonly" | "busy" | "lost" | "other"
+
+/** The {@link Fault} of a node:sqlite error (by its primary result code). */
+export const faultOf = (e: unknown): Fault => {
+  switch (((e as { readonly errcode?: number }).errcode ?? 1) & 0xff) {
+    case 13: // SQLITE_FULL
+      return "full"
+    case 10: // SQLITE_IOERR
+    case 14: // SQLITE_CANTOPEN
+      return "io"
+    case 11: // SQLITE_CORRUPT
+    case 26: // SQLITE_NOTADB
+      return "corrupt"
+    case 8: // SQLITE_READONLY
+      return "readonly"
+    case 5: // SQLITE_BUSY
+    case 6: // SQLITE_LOCKED
+      return "busy"
+    default:
+      return "other"
+  }
+}
+
+/** Faults that no later write can outlive: the store stays unavailable until the process restarts. */
+export const isFatal = (fault: Fault): boolean => fault === "corrupt" || fault === "lost"
+
+/**
+ * Which file a path names: device and inode. A file SQLite holds open keeps its inode, so a path
+ * that names another (or nothing) means the file was removed, renamed or replaced.
+ */
+export interface FileIdentity {
+  readonly dev: bigint
+  readonly ino: bigint
+}
+
+/** The identity of the file at `path`, undefined when there is none. */
+export const identityOf = (path: string): FileIdentity | undefined => {
+  const s = Fs.statSync(path, { bigint: true, throwIfNoEntry: false })
+  return s === undefined ? undefined : { dev: s.dev, ino: s.ino }
+}
+
+/**
+ * The identities of a store's files that commits go to: the database and its WAL (both exist
+ * while a connection is open in WAL mode, and SQLite never replaces either while one is).
+ */
+export const storeIdentity = (path: string): ReadonlyArray<readonly [string, FileIdentity | undefined]> => [
+  [path, identityOf(path)],
+  [path + "-wal", identityOf(path + "-wal")]
+]
+
+/**
+ * Why the store at `path` is no longer the one opened (`opened` from {@link storeIdentity} at
+ * open), or undefined while it still is. Two `stat` calls.
+ */
+export const lostBecause = (opened: ReadonlyArray<readonly [string, FileIdentity | undefined]>): string | undefined => {
+  for (const [file, was] of opened) {
+    if (was === undefined) continue
+    let now: FileIdentity | undefined
+    try {
+      now = identityOf(file)
+    } catch (error) {
+      // e.g. ENOTDIR (the directory replaced by a file), EACCES: it cannot be told to be there
+      return `${file} cannot be found at its path (${(error as NodeJS.ErrnoException).code ?? describe(error)})`
+    }
+    if (now === undefined) return `${file} was removed or renamed`
+    if (now.dev !== was.dev || now.ino !== was.ino) return `${file} was replaced by another file`
+  }
+  return undefined
+}
+
+/** The key of the probe row in `messages` (no device can have it: device ids are `[A-Za-z0-9_:-]`). */
+const PROBE_DEVICE = "#probe"
+
+/**
+ * A write probe, in one committed transaction: a row into `messages` (so through its unique
+ * index) and out again, and the `store_probe` row rewritten with `padBytes` random bytes, which
+ * the commit must write anew (so it needs as much room as a batch of that size: on a nearly full
+ * disk a small write can still fit where a batch does not). It fails as a batch would on a full
+ * disk, an I/O error or a corrupt path through the index. Throws what the write threw.
+ */
+export const probe = (db: DatabaseSync, st: Statements, now: number, padBytes: number): void => {
+  st.lock.begin()
+  try {
+    st.insert.run(PROBE_DEVICE, -1, -1, "probe", now, now, "probe", null, "{}", null)
+    st.deleteProbe.run(PROBE_DEVICE)
+    st.upsertProbe.run(now, Math.max(1, Math.floor(padBytes)))
+    db.exec("COMMIT")
+  } catch (error) {
+    if (db.isTransaction) db.exec("ROLLBACK")
+    throw error
+  } finally {
+    st.lock.released()
+  }
+}
+
+/**
+ * Bytes free for the gateway on the filesystem of `dir` (the blocks reserved for root count when
+ * it runs as root), undefined when it cannot be told. One `statfs` call.
+ */
+export const freeBytes = (dir: string): number | undefined => {
+  try {
+    const fs = Fs.statfsSync(dir)
+    return (process.getuid?.() === 0 ? fs.bfree : fs.bavail) * fs.bsize
+  } catch {
+    return undefined
+  }
+}
+
 /** The message of an unknown thrown value. */
 export const describe = (e: unknown): string => (e instanceof Error ? e.message : String(e))
 
@@ -174,6 +291,10 @@ export interface Statements {
   readonly insert: StatementSync
   readonly upsertState: StatementSync
   readonly deadLetter: StatementSync
+  /** Deletes the {@link probe}'s row of `messages`. */
+  readonly deleteProbe: StatementSync
+  /** Rewrites the {@link probe}'s row of `store_probe`. */
+  readonly upsertProbe: StatementSync
   /** Shares the write lock fairly with other processes' writers ({@link WriteLock}). */
   readonly lock: WriteLock
 }
@@ -191,6 +312,11 @@ export const prepare = (db: DatabaseSync): Statements => ({
   ),
   deadLetter: db.prepare(
     `INSERT INTO dead_letters (device, epoch, seq, kind, reason, envelope, failed_at) VALUES (?, ?, ?, ?, ?, ?, ?)`
+  ),
+  deleteProbe: db.prepare(`DELETE FROM messages WHERE device = ? AND epoch = -1 AND seq = -1`),
+  upsertProbe: db.prepare(
+    `INSERT INTO store_probe (id, at, pad) VALUES (1, ?1, randomblob(?2))
+     ON CONFLICT (id) DO UPDATE SET at = excluded.at, pad = excluded.pad`
   )
 })
 
