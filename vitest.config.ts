@@ -12,7 +12,8 @@ const LOAD = [
   "test/admission/OpenFiles.test.ts",
   "test/admission/StartFailures.test.ts",
   "test/admission/AttackRegressions.test.ts",
-  "test/sinks/nats/JetStreamChaos.test.ts", "test/sinks/nats/JetStreamCluster.test.ts"
+  "test/sinks/nats/JetStreamChaos.test.ts",
+  "test/sinks/nats/JetStreamCluster.test.ts"
 ]
 
 export default defineConfig({

@@ -22,11 +22,15 @@ import * as Persistence from "./pipeline/Persistence.ts"
 import type { Pipeline } from "./pipeline/Pipeline.ts"
 import * as Catalog from "./stages/Catalog.ts"
 import type { StagesFileError } from "./config/StagesFile.ts"
+import * as NatsSinkLayer from "./sinks/nats/NatsSinkLayer.ts"
+import { natsSettingsOf } from "./sinks/nats/NatsSettings.ts"
 import * as SqliteSink from "./sinks/SqliteSink.ts"
 
 /** The sink chosen by GATEWAY_SINK. */
-const sink = Layer.unwrap(Effect.map(GatewayConfig, (c) =>
-  SqliteSink.layer({ dataDir: c.dataDir, synchronous: c.sqliteSync, maxBatchBytes: c.batchMaxBytes + c.maxFrameBytes })))
+const sink = Layer.unwrap(Effect.map(GatewayConfig, (c) => {
+  const local = { dataDir: c.dataDir, synchronous: c.sqliteSync, maxBatchBytes: c.batchMaxBytes + c.maxFrameBytes }
+  return c.sink === "nats" ? NatsSinkLayer.layer(natsSettingsOf(c), local) : SqliteSink.layer(local)
+}))
 
 /**
  * Logs the `listening` line once both ports are bound. A worker of a node (GATEWAY_WORKERS > 1)

@@ -31,6 +31,7 @@ const startFailure = (error: unknown) => {
   if (error instanceof Config.ConfigError) return cannotStart(describeConfigError(error), EX_CONFIG)
   if (error instanceof StagesFileError) return cannotStart(`invalid configuration: ${error.message}`, EX_CONFIG)
   if (isTagged(error, "TlsFileError")) return cannotStart(`invalid configuration: ${error.message}`, EX_CONFIG)
+  if (isTagged(error, "NatsStartError")) return cannotStart(`invalid configuration: ${lineOf(error)}`, EX_CONFIG) // src/sinks/nats
   if (isTagged(error, "AuthConfigError")) return cannotStart(`invalid configuration: ${error.message}`, EX_CONFIG) // src/auth/AuthConfigError.ts
   return cannotStart(`cannot start: ${reasonOf(error)}`, 1)
 }
@@ -39,6 +40,12 @@ const startFailure = (error: unknown) => {
 const isTagged = (error: unknown, tag: string): error is { readonly _tag: string; readonly message: string } =>
   typeof error === "object" && error !== null && (error as { readonly _tag?: unknown })._tag === tag &&
   typeof (error as { readonly message?: unknown }).message === "string"
+
+/** An error's own one-line description (`line`), else its message. */
+const lineOf = (error: { readonly message: string }): string => {
+  const line = (error as { readonly line?: unknown }).line
+  return typeof line === "string" ? line : error.message
+}
 
 /** The first non-empty message along an error's causes (a wrapper's own message may be empty). */
 const reasonOf = (error: unknown): string => {

@@ -29,7 +29,8 @@ export const gatewayConfig = Config.all({
   adminPort: port("GATEWAY_ADMIN_PORT", 9464),
   adminHost: Config.String("GATEWAY_ADMIN_HOST").pipe(Config.withDefault("127.0.0.1")),
   dataDir: Config.String("GATEWAY_DATA_DIR").pipe(Config.withDefault("./data")),
-  sink: Config.Literals(["sqlite"], "GATEWAY_SINK").pipe(Config.withDefault("sqlite" as const)),
+  /** Where messages go: the embedded SQLite store, or NATS JetStream (`NATS_*`; dead letters stay in SQLite). */
+  sink: Config.Literals(["sqlite", "nats"], "GATEWAY_SINK").pipe(Config.withDefault("sqlite" as const)),
   devicesFile: Config.option(Config.String("GATEWAY_DEVICES")),
   /** Fleet keys for JWT device credentials (see auth/JwksSource.ts): a JWKS file, re-read when it changes, or a URL; not both. */
   jwksFile: Config.option(Config.String("GATEWAY_JWKS_FILE")),

@@ -2,7 +2,8 @@
  * The commit stage, the last of every pipeline: writes the chunk to the sink as one batch
  * (transient errors retried on a jittered, capped exponential schedule, GATEWAY_STORE_RETRIES)
  * and settles each message with its outcome: committed, duplicate (stored before), or rejected
- * by the store alone (`PermanentPersistenceError`: nack invalid; the store dead-letters it). A
+ * by the store alone (`PermanentPersistenceError`: nack invalid; the store dead-letters it), or
+ * not taken this time by a remote sink (`TransientUpstreamError`: nack unavailable, retry). A
  * batch the sink fails as a whole is not the messages' fault: each of them is rejected with a
  * `TransientUpstreamError` (nack unavailable, retry).
  */
@@ -54,14 +55,19 @@ export const commit: Stage.Stage<
   })
 )
 
-const verdicts = (sink: string, result: WriteResult): Array<Stage.Settled | Stage.Rejected<PermanentPersistenceError>> => {
-  const out: Array<Stage.Settled | Stage.Rejected<PermanentPersistenceError>> = new Array(result.outcomes.length)
+type Verdict = Stage.Settled | Stage.Rejected<PermanentPersistenceError | TransientUpstreamError>
+
+const verdicts = (sink: string, result: WriteResult): Array<Verdict> => {
+  const out: Array<Verdict> = new Array(result.outcomes.length)
   for (let i = 0; i < out.length; i++) {
     const o = result.outcomes[i]
     out[i] = o === Outcome.Committed
       ? Stage.committed
       : o === Outcome.Duplicate
       ? Stage.duplicate
+      : o === Outcome.Unavailable
+      // this message alone could not be taken this time (a remote sink's route or server): the device resends
+      ? Stage.reject(new TransientUpstreamError({ sink, message: result.rejections.get(i) ?? "unavailable" }))
       : Stage.reject(new PermanentPersistenceError({ sink, message: result.rejections.get(i) ?? "unknown reason" }))
   }
   return out

@@ -8,5 +8,7 @@ export const Outcome = {
   /** Already in the store: the message had been committed before (ack `dup:true`). */
   Duplicate: 1,
   /** Refused by the store (constraint, size, schema): dead-lettered, nacked, never retried. */
-  Rejected: 2
+  Rejected: 2,
+  /** Not taken this time (a remote sink's route or server could not): nacked unavailable, the device resends. */
+  Unavailable: 3
 } as const
