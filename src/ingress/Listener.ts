@@ -99,7 +99,14 @@ export class Listener extends Context.Service<Listener, ListenerShape>()("gatewa
         const refusal = admission.atAccept(open.size, refusing, lifecycle.isDraining(), peer)
         if (refusal !== undefined) {
           refusing++
-          return refuseBusy(socket, refusal, admission.tightOnDescriptors(open.size, refusing) ? 0 : 2_000, refused)
+          const tight = admission.tightOnDescriptors(open.size, refusing)
+          if (tls === undefined) return refuseBusy(socket, refusal, tight ? 0 : 2_000, refused)
+          // over TLS the `busy` frame needs a handshake first: worth it, unless descriptors are short
+          if (tight) {
+            socket.once("close", refused)
+            return socket.destroy()
+          }
+          return refuseBusy(tls.wrap(socket), refusal, 2_000, refused)
         }
         const conn = new Connection(tls === undefined ? socket : tls.wrap(socket), peer, env)
         open.add(conn)

@@ -107,6 +107,18 @@ describe.runIf(hasOpenssl())("TLS on the device port", () => {
     expect(after - before).toBe(1)
   })
 
+  it("a connection refused at accept gets its `busy` inside TLS, with retryAfterMs", async () => {
+    const g = await start({ GATEWAY_MAX_CONNECTIONS: "1" })
+    const { d, answer } = await hello(g.port, "first", trust())
+    expect(answer).toMatchObject({ type: "welcome" })
+    // before: the busy frame went out in plain text on the TLS port (the client saw a TLS error)
+    const refused = await Device.connectTls(g.port, trust())
+    const busy = await refused.next(3_000)
+    expect(busy).toMatchObject({ type: "error", code: "busy" })
+    expect(busy["retryAfterMs"]).toBeGreaterThan(0)
+    d.end()
+  })
+
   it("the hello deadline runs from the accept: a socket that never starts the handshake is closed", async () => {
     const g = await start({ GATEWAY_HELLO_TIMEOUT_MS: "300" })
     const t0 = performance.now()

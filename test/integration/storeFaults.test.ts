@@ -350,7 +350,7 @@ describe("a full filesystem", () => {
 
     // space again: ready without a single device message, then acks
     fs.free(gw.child.pid!)
-    await until("ready after space was freed", 5_000, async () => (await readyz(gw.adminPort)).status === 200)
+    await until("ready after space was freed", 15_000, async () => (await readyz(gw.adminPort)).status === 200)
     expect(acks(await exchange(d, sent.next, 50))).toHaveLength(50)
     expect(rows(fs.dataDir, "dev-1").some((r) => r.seq === sent.next + 49)).toBe(true)
     expect(linesStarting(gw.output(), "sqlite store cannot take writes")).toHaveLength(1)
@@ -374,7 +374,7 @@ describe("a full filesystem", () => {
     expect(unavailable(sent.answers).length).toBeGreaterThan(0)
     expect(await staysUnready(gw.adminPort, 1_500)).toEqual([])
     fs.free(gw.child.pid!)
-    await until("ready after space was freed", 5_000, async () => (await readyz(gw.adminPort)).status === 200)
+    await until("ready after space was freed", 15_000, async () => (await readyz(gw.adminPort)).status === 200)
     expect(acks(await exchange(d, sent.next, 20))).toHaveLength(20)
     d.end()
     gw.child.kill("SIGTERM")
