@@ -2,10 +2,14 @@
  * The raw `node:net` baseline: newline framing + JSON.parse + ack, no validation, no store.
  * It answers hello with a welcome so the same load generator drives it and the gateway.
  * Prints `{"message":"listening","port":N}` once bound. Usage: node bench/baseline.ts [port]
+ * With BASELINE_TLS_CERT and BASELINE_TLS_KEY (PEM files) the same server speaks TLS
+ * (`node:tls`, server certificate only).
  */
+import * as Fs from "node:fs"
 import * as Net from "node:net"
+import * as Tls from "node:tls"
 
-const server = Net.createServer({ noDelay: true }, (socket) => {
+const serve = (socket: Net.Socket) => {
   let rest = ""
   socket.on("data", (chunk: Buffer) => {
     const text = rest + chunk.toString("utf8")
@@ -24,7 +28,13 @@ const server = Net.createServer({ noDelay: true }, (socket) => {
     if (out.length > 0) socket.write(out)
   })
   socket.on("error", () => socket.destroy())
-})
+}
+
+const certFile = process.env["BASELINE_TLS_CERT"]
+const keyFile = process.env["BASELINE_TLS_KEY"]
+const server = certFile !== undefined && keyFile !== undefined
+  ? Tls.createServer({ noDelay: true, cert: Fs.readFileSync(certFile), key: Fs.readFileSync(keyFile) }, serve)
+  : Net.createServer({ noDelay: true }, serve)
 
 server.listen(Number(process.argv[2] ?? 0), "127.0.0.1", () => {
   const address = server.address()

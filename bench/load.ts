@@ -2,9 +2,11 @@
  * The load generator: `connections` devices, each keeping at most `window` data frames
  * unanswered, optionally paced to a total `rate` (msgs/s), with a telemetry/event mix, for
  * `durationMs`. Answers arrive in send order on a connection (PROTOCOL.md), so the k-th answer
- * line after welcome belongs to the k-th frame sent: latency needs no parsing of acks.
+ * line after welcome belongs to the k-th frame sent: latency needs no parsing of acks. Each
+ * device has its own socket, opened by `dial` (plain TCP unless told: TLS, mutual TLS).
  */
-import * as Net from "node:net"
+import type * as Net from "node:net"
+import { type Dial, plainDial } from "./dial.ts"
 
 /** What to run. */
 export interface LoadOptions {
@@ -18,6 +20,8 @@ export interface LoadOptions {
   readonly durationMs: number
   /** Prefix of device ids (distinct per run so the store sees fresh keys). */
   readonly devicePrefix: string
+  /** How each device opens its socket (default: plain TCP). */
+  readonly dial?: Dial
 }
 
 /** What was measured. */
@@ -168,11 +172,12 @@ export const runLoad = (o: LoadOptions): Promise<LoadResult> =>
       })
     }
 
+    const dial = o.dial ?? plainDial
     for (let i = 0; i < o.connections; i++) {
-      const socket = Net.connect({ port: o.port, host: "127.0.0.1", noDelay: true })
+      const id = `${o.devicePrefix}-${i}`
+      const socket = dial(o.port, id, () => socket.write(`{"type":"hello","v":1,"device":"${id}","token":"bench"}\n`))
       const d: Device = { socket, seq: 0, sent: new Float64Array(o.window), head: 0, inflight: 0, welcomed: false }
       devices.push(d)
-      socket.on("connect", () => socket.write(`{"type":"hello","v":1,"device":"${o.devicePrefix}-${i}","token":"bench"}\n`))
       let rest: Buffer | undefined
       socket.on("data", (chunk: Buffer) => {
         let buf = rest === undefined ? chunk : Buffer.concat([rest, chunk])
@@ -180,8 +185,12 @@ export const runLoad = (o: LoadOptions): Promise<LoadResult> =>
         rest = last === buf.length - 1 ? undefined : Buffer.from(buf.subarray(last + 1))
         if (last >= 0) onData(d, last === buf.length - 1 ? buf : buf.subarray(0, last + 1))
       })
+      // a device that cannot start (refused, a failed handshake) would stall the start forever
       socket.on("error", (e) => {
-        if (counting) reject(e)
+        if (counting || !d.welcomed) reject(e)
+      })
+      socket.on("close", () => {
+        if (!d.welcomed) reject(new Error(`device ${id} was closed before its welcome`))
       })
     }
   })

@@ -20,7 +20,14 @@
  *   (bench/burst.ts, bench/slowGateway.ts)
  * - `workers`: the throughput load against GATEWAY_WORKERS=1 and 2 and the raw baseline, with
  *   the CPU share of the load generator and of the server's process tree
+ * - `nats`: the JetStream sink driver next to a bare pipelined publisher into the same stream,
+ *   on a private nats-server (bench/nats.ts)
  * - `ratelimit`: per-device rate limiting cost in ns per message (in process; bench/ratelimit.ts)
+ * - `tls`: the throughput load against the raw baseline over node:net and node:tls and the gateway
+ *   over plain TCP, TLS and mutual TLS (one client certificate per device), `--rounds` (1) times
+ *   in turn (bench/tls.ts); `tls-storm`: the storm over plain TCP, TLS and mutual TLS,
+ *   `--devices` (5,000), one client certificate per device (issuing 5,000 takes ~2.5 min) or
+ *   `--storm-certs N` shared by the devices (bench/tlsStorm.ts). Both need `openssl` (bench/pki.ts).
  */
 import * as Fs from "node:fs"
 import * as Os from "node:os"
@@ -28,25 +35,16 @@ import * as Path from "node:path"
 import { parseArgs } from "node:util"
 import { runBurst, burstTable } from "./burst.ts"
 import { idleTable, runIdle } from "./idle.ts"
-import { type LoadOptions, type LoadResult, runLoad } from "./load.ts"
-import {
-  cpuDeltaMs,
-  fmt,
-  gatewayArgv,
-  gatewayEnv,
-  type NodeFlags,
-  processTree,
-  removeDir,
-  type Server,
-  startServer,
-  statusKb,
-  stopServer,
-  tempDir,
-  treeCpu
-} from "./proc.ts"
+import type { LoadOptions } from "./load.ts"
+import { measure } from "./measure.ts"
+import { fmt, gatewayArgv, gatewayEnv, type NodeFlags, removeDir, startServer, tempDir } from "./proc.ts"
 import { rateLimitTable, runRateLimitBench } from "./ratelimit.ts"
+import { natsTable, runNatsBench } from "./nats.ts"
 import { runStageBench, stageTable } from "./stages.ts"
 import { runStorm, stormTable } from "./storm.ts"
+import { hasOpenssl } from "./pki.ts"
+import { runTls, tlsTable } from "./tls.ts"
+import { runTlsStorm, tlsStormTable } from "./tlsStorm.ts"
 
 const { values: args } = parseArgs({
   options: {
@@ -54,7 +52,9 @@ const { values: args } = parseArgs({
     only: { type: "string" },
     "semi-space": { type: "string", default: "8" },
     "old-space": { type: "string" },
-    devices: { type: "string", default: "10000" },
+    devices: { type: "string" },
+    "storm-certs": { type: "string" },
+    rounds: { type: "string", default: "1" },
     timeout: { type: "string", default: "60" },
     connections: { type: "string", default: "10000" },
     "sink-rate": { type: "string", default: "2000" },
@@ -69,7 +69,7 @@ const flags: NodeFlags = {
   semiSpaceMb: Number(args["semi-space"]),
   oldSpaceMb: args["old-space"] === undefined ? undefined : Number(args["old-space"])
 }
-const SCENARIOS = ["stages", "throughput", "latency", "storm", "idle", "burst", "workers", "ratelimit"] as const
+const SCENARIOS = ["stages", "throughput", "latency", "storm", "idle", "burst", "workers", "ratelimit", "tls", "tls-storm", "nats"] as const
 const only = args.only === undefined ? undefined : new Set(args.only.split(",").map((s) => s.trim()))
 for (const name of only ?? []) {
   if (!(SCENARIOS as ReadonlyArray<string>).includes(name)) {
@@ -78,41 +78,6 @@ for (const name of only ?? []) {
   }
 }
 const wanted = (name: (typeof SCENARIOS)[number]) => only === undefined || only.has(name)
-
-interface Row extends LoadResult {
-  readonly server: string
-  readonly rssMb: number
-  /** CPU of the load generator (this process) over the measured run, in cores (1 = one core busy). */
-  readonly loadCpu: number
-  /** CPU of the server's process tree over the measured run, in cores. */
-  readonly serverCpu: number
-  /** Processes in the server's tree at the end of the run (1 unless it has workers). */
-  readonly processes: number
-}
-
-/** Starts a server, warms it up for 1 s, runs `load` against it and stops it. */
-const measure = async (name: string, server: () => Promise<Server>, load: Omit<LoadOptions, "port">): Promise<Row> => {
-  const s = await server()
-  await runLoad({ ...load, port: s.port, durationMs: 1_000, devicePrefix: `${load.devicePrefix}-warm` }) // warm-up
-  const serverBefore = treeCpu(s.pid)
-  const loadBefore = process.cpuUsage()
-  const wallBefore = performance.now()
-  const r = await runLoad({ ...load, port: s.port })
-  const wallMs = performance.now() - wallBefore
-  const loadUsage = process.cpuUsage(loadBefore)
-  const serverMs = cpuDeltaMs(serverBefore, treeCpu(s.pid))
-  const tree = processTree(s.pid)
-  const rssMb = tree.reduce((sum, p) => sum + statusKb(p, "VmHWM"), 0) / 1024 // peak, summed over workers
-  await stopServer(s)
-  return {
-    server: name,
-    rssMb,
-    loadCpu: (loadUsage.user + loadUsage.system) / 1000 / wallMs,
-    serverCpu: serverMs / wallMs,
-    processes: tree.length,
-    ...r
-  }
-}
 
 const baseline = () => startServer(["bench/baseline.ts", "0"], {})
 const gateway = (dataDir: string, env: NodeJS.ProcessEnv = {}) => () => startServer(gatewayArgv(flags), gatewayEnv(dataDir, env))
@@ -203,7 +168,7 @@ const main = async () => {
   if (wanted("latency")) emit(await loadScenario("latency"))
   if (wanted("storm")) {
     const timeoutMs = Number(args.timeout) * 1000
-    emit([stormTable(await runStorm({ devices: Number(args.devices), timeoutMs, flags }), timeoutMs)])
+    emit([stormTable(await runStorm({ devices: Number(args.devices ?? 10_000), timeoutMs, flags }), timeoutMs)])
   }
   if (wanted("idle")) {
     const o = { connections: Number(args.connections), settleMs: 3_000, flags }
@@ -226,6 +191,19 @@ const main = async () => {
   }
   if (wanted("workers")) emit(await workersScenario())
   if (wanted("ratelimit")) emit([rateLimitTable(runRateLimitBench())])
+  const noOpenssl = (name: string) => `\n### ${name}: skipped, the \`openssl\` command is not installed (apt-get install openssl)`
+  if (wanted("tls") && !hasOpenssl()) emit([noOpenssl("tls")])
+  else if (wanted("tls")) {
+    const o = { load: { ...loads.throughput, devicePrefix: "tls" }, flags, rounds: Number(args.rounds) }
+    emit([tlsTable(await runTls(o), o)])
+  }
+  if (wanted("nats")) emit([natsTable(await runNatsBench())])
+  if (wanted("tls-storm") && !hasOpenssl()) emit([noOpenssl("tls-storm")])
+  else if (wanted("tls-storm")) {
+    const devices = Number(args.devices ?? 5_000)
+    const o = { devices, timeoutMs: Number(args.timeout) * 1000, flags, certs: Number(args["storm-certs"] ?? devices), goalMs: 20_000 }
+    emit([tlsStormTable(await runTlsStorm(o), o)])
+  }
   console.log("\n" + lines.join("\n"))
 }
 
