@@ -133,6 +133,9 @@ const logging = Logger.layer([process.stdout.isTTY ? Logger.consolePretty() : Lo
  * signal; with GATEWAY_WORKERS > 1, runs the node's primary, whose workers run this same entry.
  */
 export const run = <E = never>(pipeline?: Layer.Layer<Pipeline, E, GatewayConfig>): void => {
+  // SIGHUP means "reload certificates and keys": never the default (death), even before the
+  // modules that reload have started (a renewal hook racing the start, or a worker's restart)
+  process.on("SIGHUP", () => undefined)
   watchNpmParent()
   NodeRuntime.runMain(program(pipeline).pipe(Effect.provide(logging)), {
     disableErrorReporting: false,

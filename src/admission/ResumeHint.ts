@@ -76,6 +76,8 @@ export const secretFromDataDir = (dataDir: string): Buffer => {
   } catch (error) {
     if ((error as NodeJS.ErrnoException).code !== "EEXIST") throw error
   }
+  // a regular file only: opening a FIFO would wait for a writer, holding the start
+  if (!Fs.statSync(file).isFile()) throw new Error(`${file} is not a regular file`)
   const text = Fs.readFileSync(file, "utf8").trim()
   if (!/^[0-9a-f]{64}$/.test(text)) throw new Error(`${file} is not a resume key (64 hex digits)`)
   return Buffer.from(text, "hex")

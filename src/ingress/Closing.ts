@@ -8,6 +8,11 @@ import type * as Net from "node:net"
 import { errorFrame } from "../domain/Frames.ts"
 import * as Metrics from "../observability/Metrics.ts"
 
+let lingering = 0
+
+/** Sockets closing gracefully now (each still holds a descriptor): admission counts them. */
+export const lingeringSockets = (): number => lingering
+
 /** How long a closing socket is read and discarded at most. */
 const LINGER_MS = 5_000
 /** How many bytes a closing socket may still send before it is reset. */
@@ -19,6 +24,7 @@ const LINGER_MAX_BYTES = 8 * 1024 * 1024
  * runs once when the socket is gone.
  */
 export const closeGracefully = (socket: Net.Socket, last: string, lingerMs = LINGER_MS, onClosed?: () => void): void => {
+  lingering++
   let discarded = 0
   socket.removeAllListeners("data")
   socket.removeAllListeners("timeout")
@@ -32,6 +38,7 @@ export const closeGracefully = (socket: Net.Socket, last: string, lingerMs = LIN
   const timer = setTimeout(() => socket.destroy(), lingerMs)
   timer.unref()
   socket.once("close", () => {
+    lingering--
     clearTimeout(timer)
     onClosed?.()
   })
@@ -44,10 +51,9 @@ export const closeGracefully = (socket: Net.Socket, last: string, lingerMs = LIN
 export const refuseBusy = (
   socket: Net.Socket,
   refusal: { readonly message: string; readonly retryAfterMs: number },
-  lingerMs: number,
-  onClosed: () => void
+  lingerMs: number
 ): void => {
-  closeGracefully(socket, errorFrame("busy", refusal.message, refusal.retryAfterMs), lingerMs, onClosed)
+  closeGracefully(socket, errorFrame("busy", refusal.message, refusal.retryAfterMs), lingerMs)
   Metrics.record(Metrics.connections("busy"), 1)
   Metrics.record(Metrics.errors("OverloadError"), 1)
 }

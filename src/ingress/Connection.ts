@@ -76,6 +76,8 @@ const PAUSE_OUTPUT_BYTES = 64 * 1024
  * A well-behaved device has at most its window of acks (~30 bytes each) unsent.
  */
 const MAX_OUTPUT_BYTES = 256 * 1024
+/** How long a connection closed before its welcome is read and discarded at most. */
+const PRE_SESSION_LINGER_MS = 500
 /** How long a device should wait before reconnecting after `goaway`. */
 const GOAWAY_RETRY_MS = 1_000
 
@@ -308,6 +310,8 @@ export class Connection implements Replier, Replaceable {
     this.helloText = read.line.toString("utf8")
     if (read.rest !== undefined) this.chunks.unshift(read.rest)
     this.state = "authenticating"
+    // its hello is here: it waits on the node now (auth, a key fetch, its turn), never evicted for it
+    this.env.awaitingHello.delete(this)
   }
 
   private onHelloDeadline(): void {
@@ -637,7 +641,9 @@ export class Connection implements Replier, Replaceable {
     this.hello = undefined
     this.framer = undefined
     this.chunks.length = 0
-    closeGracefully(this.socket, last)
+    // a connection that never opened a session lingers briefly: enough to read its error frame,
+    // too short for a flood of them to hold the node's descriptors
+    closeGracefully(this.socket, last, this.device === "" ? PRE_SESSION_LINGER_MS : undefined)
     this.wake()
   }
 

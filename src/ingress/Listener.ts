@@ -32,7 +32,7 @@ import { Lanes } from "../pipeline/Lanes.ts"
 import * as Stage from "../pipeline/Stage.ts"
 import { validate } from "../pipeline/Validate.ts"
 import { Sink } from "../sinks/Sink.ts"
-import { refuseBusy } from "./Closing.ts"
+import { lingeringSockets, refuseBusy } from "./Closing.ts"
 import { Connection, type ConnectionEnv } from "./Connection.ts"
 import { ReadSlices } from "./ReadSlices.ts"
 import { TlsFileError, TlsTerminator } from "./Tls.ts"
@@ -83,8 +83,6 @@ export class Listener extends Context.Service<Listener, ListenerShape>()("gatewa
       const { lifecycle, admission, budget } = env
       const runFork = yield* FiberSet.makeRuntime<never, void, never>()
       const open = new Set<Connection>()
-      let refusing = 0
-      const refused = () => refusing--
       const server = Net.createServer({ pauseOnConnect: true, allowHalfOpen: true, noDelay: true })
 
       server.on("connection", (socket) => {
@@ -96,17 +94,15 @@ export class Listener extends Context.Service<Listener, ListenerShape>()("gatewa
           if (oldest.done === true || now - oldest.value.acceptedAt < EVICT_AFTER_MS) break
           oldest.value.evict(admission.evicted())
         }
-        const refusal = admission.atAccept(open.size, refusing, lifecycle.isDraining(), peer)
+        // sockets closing gracefully (refused, evicted, timed out) still hold their descriptors
+        const closing = lingeringSockets()
+        const refusal = admission.atAccept(open.size, closing, lifecycle.isDraining(), peer)
         if (refusal !== undefined) {
-          refusing++
-          const tight = admission.tightOnDescriptors(open.size, refusing)
-          if (tls === undefined) return refuseBusy(socket, refusal, tight ? 0 : 2_000, refused)
+          const tight = admission.tightOnDescriptors(open.size, closing + 1)
+          if (tls === undefined) return refuseBusy(socket, refusal, tight ? 0 : 2_000)
           // over TLS the `busy` frame needs a handshake first: worth it, unless descriptors are short
-          if (tight) {
-            socket.once("close", refused)
-            return socket.destroy()
-          }
-          return refuseBusy(tls.wrap(socket), refusal, 2_000, refused)
+          if (tight) return socket.destroy()
+          return refuseBusy(tls.wrap(socket), refusal, 2_000)
         }
         const conn = new Connection(tls === undefined ? socket : tls.wrap(socket), peer, env)
         open.add(conn)

@@ -9,7 +9,7 @@
  * or email subject alternative name): a fleet can then authenticate by certificate alone.
  *
  * The PEM files are read at start (a bad file stops the start with one line) and again on
- * SIGHUP or when one of them changes (polled): new handshakes use the new certificates,
+ * SIGHUP (at most once a second) or when one of them changes (polled): new handshakes use the new certificates,
  * established connections keep theirs. A reload that fails keeps the previous certificates and
  * logs why.
  */
@@ -67,6 +67,9 @@ export class TlsTerminator {
       requestCert: this.mutual,
       rejectUnauthorized: this.mutual
     })
+    // no TLS 1.2 renegotiation: Node's limit on it applies only to tls.Server's sockets, and a
+    // renegotiation makes Node hand the previous data again (a frame read twice)
+    tls.disableRenegotiation()
     let secure = false
     tls.once("secure", () => {
       secure = true
@@ -112,7 +115,18 @@ export class TlsTerminator {
   /** Reloads on SIGHUP and when a file changes, until the scope closes. */
   watch(): Effect.Effect<void, never, Scope.Scope> {
     return Effect.gen({ self: this }, function*() {
-      const hup = () => Effect.runFork(this.reload(true))
+      // a storm of SIGHUPs reloads at most once a second (the first at once)
+      let scheduled = false
+      let last = 0
+      const hup = () => {
+        if (scheduled) return
+        scheduled = true
+        setTimeout(() => {
+          scheduled = false
+          last = Date.now()
+          Effect.runFork(this.reload(true))
+        }, Math.max(0, last + 1_000 - Date.now()))
+      }
       yield* Effect.acquireRelease(
         Effect.sync(() => process.on("SIGHUP", hup)),
         () => Effect.sync(() => process.off("SIGHUP", hup))
