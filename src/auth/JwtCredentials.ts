@@ -70,6 +70,9 @@ const decodeKinds = Schema.decodeUnknownResult(Kinds)
 
 const refusal = (message: string) => new AuthError({ reason: "credential", message })
 
+/** The keys could not be had: the gateway's fault, not the token's (answered `busy`, never counted against the address). */
+const UNVERIFIABLE = new AuthError({ reason: "unverifiable", message: "cannot verify the token now: fleet keys unavailable" })
+
 const TOO_LARGE = Effect.fail(refusal(`token longer than ${JWT_MAX_CHARS} characters`))
 
 /** Makes the verifier of tokens signed by `keys` under `policy`. */
@@ -106,7 +109,7 @@ const grantOf = (payload: JWTPayload): Effect.Effect<Grant, AuthError> => {
  * (expired: get a new token) without saying more than the token itself does.
  */
 const refusalOf = (e: unknown): AuthError => {
-  if (!(e instanceof errors.JOSEError)) return refusal("cannot verify the token now: fleet keys unavailable")
+  if (!(e instanceof errors.JOSEError)) return UNVERIFIABLE
   switch (e.code) {
     case errors.JWTExpired.code:
       return refusal("token expired")
@@ -128,6 +131,6 @@ const refusalOf = (e: unknown): AuthError => {
     case errors.JOSENotSupported.code:
       return refusal("malformed token")
     default: // a key set that could not be fetched (timeout, HTTP status, bad body)
-      return refusal("cannot verify the token now: fleet keys unavailable")
+      return UNVERIFIABLE
   }
 }

@@ -19,7 +19,8 @@ export class ProtocolError extends Data.TaggedError("ProtocolError")<{
 
 /** Bad credential (fatal, `error auth`) or a kind the device may not send (`nack forbidden`). */
 export class AuthError extends Data.TaggedError("AuthError")<{
-  readonly reason: "credential" | "forbidden"
+  /** `unverifiable`: the gateway could not check the credential now (its keys are unavailable): not the device's fault. */
+  readonly reason: "credential" | "forbidden" | "unverifiable"
   readonly message: string
 }> {}
 

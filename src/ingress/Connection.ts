@@ -507,6 +507,11 @@ export class Connection implements Replier, Replaceable {
       const authed = yield* Effect.result(auth.authenticate(hello.device, hello.token)) // a JWT's check is asynchronous
       if (this.socket.destroyed) return // gone meanwhile: nothing to admit
       if (Result.isFailure(authed)) {
+        if (authed.failure.reason === "unverifiable") {
+          // the node cannot check credentials now (its fleet keys are unavailable): retry later
+          Metrics.record(Metrics.errors("OverloadError"), 1)
+          return this.fatal("busy", authed.failure.message, "busy", config.busyRetryMs + Math.floor(Math.random() * config.busyRetryMs))
+        }
         Metrics.record(Metrics.errors("AuthError"), 1)
         admission.authFailed(this.peer, hello.device, authed.failure.reason, Date.now())
         return this.fatal("auth", authed.failure.message, "auth_failed")
