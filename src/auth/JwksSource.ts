@@ -25,6 +25,7 @@ import { Effect, FiberSet, Result, Schedule, type Scope } from "effect"
 import {
   createLocalJWKSet,
   createRemoteJWKSet,
+  customFetch,
   type CryptoKey,
   type FlattenedJWSInput,
   importJWK,
@@ -147,6 +148,32 @@ const loadFile = (path: string): Effect.Effect<Loaded, AuthConfigError> => {
 }
 
 /**
+ * Fetches a key set for jose with the checks of a JWKS file: the body read up to MAX_FILE_BYTES
+ * (a larger answer is cut off, not parsed), the set checked like a file's, and an empty set
+ * refused. A refused answer is a failed refresh: the last good keys stay in force.
+ */
+const checkedFetch = async (url: string, options: { readonly headers: Headers; readonly method: "GET"; readonly redirect: "manual"; readonly signal: AbortSignal }): Promise<Response> => {
+  const response = await fetch(url, options)
+  if (response.status !== 200 || response.body === null) return response
+  const reader = response.body.getReader()
+  const chunks: Array<Uint8Array> = []
+  let total = 0
+  while (true) {
+    const { done, value } = await reader.read()
+    if (done) break
+    total += value.length
+    if (total > MAX_FILE_BYTES) {
+      await reader.cancel()
+      throw new Error(`the key set is larger than ${MAX_FILE_BYTES} bytes`)
+    }
+    chunks.push(value)
+  }
+  const jwks = await checkJwks(JSON.parse(Buffer.concat(chunks).toString("utf8")) as unknown)
+  if (jwks.keys.length === 0) throw new Error("the key set holds no keys")
+  return new Response(JSON.stringify(jwks), { status: 200, headers: { "content-type": "application/json" } })
+}
+
+/**
  * The keys of a JWKS file, re-read when it changes (see the module comment) until the scope
  * closes. Fails with {@link AuthConfigError} when the file is bad at start.
  */
@@ -199,7 +226,8 @@ export const fromUrl = (url: string, timings: SourceTimings = DEFAULT_TIMINGS): 
     const remote = createRemoteJWKSet(parsed, {
       cacheMaxAge: Infinity,
       cooldownDuration: timings.cooldownMs,
-      timeoutDuration: timings.timeoutMs
+      timeoutDuration: timings.timeoutMs,
+      [customFetch]: checkedFetch
     })
     let healthy: boolean | undefined
     let problem: string | undefined

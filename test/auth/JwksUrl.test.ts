@@ -6,6 +6,7 @@
  */
 import { afterEach, assert, describe, expect, it } from "@effect/vitest"
 import { Effect, Logger, Result } from "effect"
+import { exportJWK, generateKeyPair } from "jose"
 import { AuthConfigError } from "../../src/auth/AuthConfigError.ts"
 import { fromUrl, type SourceTimings } from "../../src/auth/JwksSource.ts"
 import { type JwtPolicy, makeVerifier } from "../../src/auth/JwtCredentials.ts"
@@ -98,6 +99,25 @@ describe("JWKS URL", () => {
       ])
     }).pipe(Effect.provide(capturedLogs(logs)))
   })
+
+  it.live("an answer that is not a good key set (empty, too large, a private key) is a failed refresh: the last good keys stay", () =>
+    Effect.gen(function*() {
+      const [a] = yield* promise(() => Promise.all([fleetKey()]))
+      const server = yield* serverWith([a!.jwk])
+      const timings: SourceTimings = { pollMs: 1_000, refreshMs: 100, cooldownMs: 60_000, timeoutMs: 2_000 }
+      const verify = makeVerifier(yield* fromUrl(server.url, timings), POLICY)
+      const token = yield* promise(() => sign(a!, { sub: "d" }))
+      expect(yield* accepted(verify, token)).toBe(true)
+      const pair = yield* promise(() => generateKeyPair("ES256", { extractable: true }))
+      const privateJwk = { ...(yield* promise(() => exportJWK(pair.privateKey))), kid: "leaked" }
+      // before: an empty set replaced the keys, and a 200 MB answer was read whole
+      for (const body of [JSON.stringify({ keys: [] }), JSON.stringify({ keys: [a!.jwk], pad: "x".repeat(2 * 1024 * 1024) }), JSON.stringify({ keys: [privateJwk] })]) {
+        server.serveRaw(body)
+        const before = server.requests()
+        yield* eventually(Effect.sync(() => server.requests()), (n) => n >= before + 2)
+        expect(yield* accepted(verify, token)).toBe(true)
+      }
+    }).pipe(Effect.provide(quiet)))
 
   it.live("before the first good fetch tokens are refused as unverifiable (no crash); once the server answers they pass", () =>
     Effect.gen(function*() {

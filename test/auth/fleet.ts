@@ -66,6 +66,8 @@ export interface JwksServer {
   readonly requests: () => number
   /** Serves these keys from now on. */
   readonly serve: (keys: ReadonlyArray<JWK>) => void
+  /** Serves this body (any text) from now on. */
+  readonly serveRaw: (body: string) => void
   /** While down, answers 503. */
   readonly setDown: (down: boolean) => void
   readonly close: () => Promise<void>
@@ -90,6 +92,7 @@ export const jwksServer = async (keys: ReadonlyArray<JWK>): Promise<JwksServer> 
     url: `http://127.0.0.1:${port}/.well-known/jwks.json`,
     requests: () => requests,
     serve: (next) => (body = JSON.stringify({ keys: next })),
+    serveRaw: (text) => (body = text),
     setDown: (d) => (down = d),
     close: () => new Promise<void>((resolve) => server.close(() => resolve()))
   }
