@@ -109,7 +109,9 @@ describe("reconnection storm", () => {
     expect(delta("gateway_messages_total", { kind: "telemetry", outcome: "committed" })).toBeGreaterThanOrEqual(DEVICES)
 
     // the busy answers: all from the accept-rate rule, each retryAfterMs at least GATEWAY_BUSY_RETRY_MS
-    expect(busy.length).toBeGreaterThanOrEqual(DEVICES - BURST)
+    // every device past the bucket is refused at least once; the bucket refills while the first
+    // hellos are handled (up to a second of them on a loaded machine)
+    expect(busy.length).toBeGreaterThanOrEqual(DEVICES - BURST - RATE)
     expect(result.busyMessages).toEqual({ "too many new connections, retry later": busy.length })
     expect(delta("gateway_admission_refusals_total", { reason: "rate" })).toBe(busy.length)
     expect(delta("gateway_admission_refusals_total")).toBe(busy.length)
