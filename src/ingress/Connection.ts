@@ -39,7 +39,7 @@ import { closeGracefully } from "./Closing.ts"
 import { HELLO_MAX_BYTES, HelloReader } from "./HelloReader.ts"
 import { LineFramer } from "./LineFramer.ts"
 import { type ReadSlices, SMALL_READ_BYTES } from "./ReadSlices.ts"
-import { certificateRefusal, type TlsTerminator } from "./Tls.ts"
+import { certificateRefusal, TLS_SESSION_BYTES, type TlsTerminator } from "./Tls.ts"
 import { OrderedAnswers } from "./OrderedAnswers.ts"
 import type { Replaceable, Sessions } from "./Sessions.ts"
 
@@ -263,9 +263,10 @@ export class Connection implements Replier, Replaceable {
     return true
   }
 
-  /** Bytes this connection holds in buffers: the unfinished hello or frame, a pending read, unsent answers. */
+  /** Bytes this connection holds in buffers: the unfinished hello or frame, a pending read, unsent answers, a TLS session. */
   get bufferedBytes(): number {
     let n = (this.hello?.bufferedBytes ?? 0) + (this.framer?.bufferedBytes ?? 0) + this.socket.writableLength + this.out.length
+    if (this.env.tls !== undefined) n += TLS_SESSION_BYTES
     for (const c of this.chunks) n += c.length
     return n
   }

@@ -119,6 +119,31 @@ describe.runIf(hasOpenssl())("TLS on the device port", () => {
     d.end()
   })
 
+  it("TLS sessions count against the memory budget: past it new connections get busy, and the room comes back as they close", async () => {
+    const g = await start({ GATEWAY_MEMORY_BUDGET: String(1024 * 1024) }) // ~21 sessions of 48 KiB
+    const sessions: Array<Device> = []
+    for (let i = 0; i < 18; i++) {
+      const { d, answer } = await hello(g.port, `tls-mem-${i}`, trust())
+      expect(answer).toMatchObject({ type: "welcome" })
+      sessions.push(d)
+    }
+    await sleep(250) // the buffers are sampled every 100 ms
+    const text = await scrape(g.adminPort)
+    expect(metricValue(text, "gateway_memory_used_bytes", { part: "buffers" })).toBeGreaterThanOrEqual(18 * 48 * 1024)
+    for (let i = 18; i < 24; i++) {
+      const { d } = await hello(g.port, `tls-mem-${i}`, trust())
+      sessions.push(d)
+    }
+    await sleep(250)
+    const refused = await hello(g.port, "tls-mem-late", trust())
+    expect(refused.answer).toMatchObject({ type: "error", code: "busy" })
+    // above the high watermark new sessions are refused at hello; past the budget, at accept
+    expect(String(refused.answer["message"])).toMatch(/saturated|memory/)
+    for (const d of sessions.splice(0)) d.end()
+    await sleep(400)
+    expect((await hello(g.port, "tls-mem-again", trust())).answer).toMatchObject({ type: "welcome" })
+  })
+
   it("the hello deadline runs from the accept: a socket that never starts the handshake is closed", async () => {
     const g = await start({ GATEWAY_HELLO_TIMEOUT_MS: "300" })
     const t0 = performance.now()
