@@ -348,7 +348,9 @@ describe("GATEWAY_WORKERS=2", () => {
     expect(devices.flatMap((d) => d.violations)).toEqual([])
     expect(linesOf(node, "shutdown complete: everything drained")).toHaveLength(2) // each worker
     expect(linesOf(node, "shutdown complete: every worker drained")).toHaveLength(1)
-    expect(totalAcked(devices)).toBeGreaterThan(ackedBeforeTerm)
+    // every frame was answered (the wait above) and every ack is in the store (below); acks after
+    // the signal depend on what was in flight at that instant (none, once, on a loaded CI machine)
+    expect(totalAcked(devices)).toBeGreaterThanOrEqual(ackedBeforeTerm)
     expect(auditStore(dataDir, devices)).toEqual([])
   }, 60_000)
 
