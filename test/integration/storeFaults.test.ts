@@ -7,7 +7,7 @@
  * - a store corrupted under a running gateway (the index pointed at the table's pages, so every
  *   write fails "database disk image is malformed"): `nack unavailable`, `/readyz` 503 that stays
  *   503 (probes do not flip it back), one error line, the fault counted; the restart refuses it;
- * - a full filesystem (a 4 MB tmpfs filled by a file; where `mount` is not permitted, a file-size
+ * - a full filesystem (a 16 MB tmpfs filled by a file; where `mount` is not permitted, a file-size
  *   limit, RLIMIT_FSIZE, on the gateway process instead): `nack unavailable`, `/readyz` 503 while
  *   full, 200 again without device traffic once space is freed, acks after; a gateway started on
  *   the full disk is not ready from its first answer;
@@ -225,11 +225,11 @@ describe("a corrupt store", () => {
 
 // ---- a full filesystem ----
 
-/** A small filesystem to fill: a 4 MB tmpfs when `mount` is permitted, else undefined. */
+/** A small filesystem to fill: a 16 MB tmpfs when `mount` is permitted, else undefined. */
 const smallFilesystem = (): string | undefined => {
   if (process.env["STORE_FAULTS_FULL_DISK"] === "fsize") return undefined // to run the fallback where mount works
   const dir = Fs.mkdtempSync(Path.join(Os.tmpdir(), "gw-tmpfs-"))
-  const r = ChildProcess.spawnSync("mount", ["-t", "tmpfs", "-o", "size=4m", "tmpfs", dir], { encoding: "utf8" })
+  const r = ChildProcess.spawnSync("mount", ["-t", "tmpfs", "-o", "size=16m", "tmpfs", dir], { encoding: "utf8" })
   if (r.status !== 0) {
     Fs.rmdirSync(dir)
     return undefined
