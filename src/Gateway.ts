@@ -24,7 +24,7 @@ import * as Catalog from "./stages/Catalog.ts"
 import type { StagesFileError } from "./config/StagesFile.ts"
 import * as NatsSinkLayer from "./sinks/nats/NatsSinkLayer.ts"
 import { natsSettingsOf } from "./sinks/nats/NatsSettings.ts"
-import * as SqliteSink from "./sinks/SqliteSink.ts"
+import * as SqliteSink from "./sinks/sqlite/SqliteSink.ts"
 
 /** The sink chosen by GATEWAY_SINK. */
 const sink = Layer.unwrap(Effect.map(GatewayConfig, (c) => {

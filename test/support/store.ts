@@ -3,7 +3,7 @@
  */
 import * as Path from "node:path"
 import { DatabaseSync } from "node:sqlite"
-import type { DeadLetterRow } from "../../src/sinks/SqliteStore.ts"
+import type { DeadLetterRow } from "../../src/sinks/sqlite/SqliteStore.ts"
 
 /** A row of `messages`. */
 export interface MessageRow {

@@ -5,7 +5,7 @@
 import { Effect, Layer } from "effect"
 import { fromDriver } from "../DriverSink.ts"
 import { Sink } from "../Sink.ts"
-import * as SqliteSink from "../SqliteSink.ts"
+import * as SqliteSink from "../sqlite/SqliteSink.ts"
 import { makeJetStreamSink } from "./JetStreamSink.ts"
 import type { NatsSettings } from "./NatsSettings.ts"
 

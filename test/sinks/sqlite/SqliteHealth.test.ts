@@ -19,11 +19,11 @@ import { Effect, Exit, Logger, Scope } from "effect"
 import * as Fs from "node:fs"
 import * as Path from "node:path"
 import { DatabaseSync } from "node:sqlite"
-import type { SinkShape } from "../../src/sinks/Sink.ts"
-import * as SqliteSink from "../../src/sinks/SqliteSink.ts"
-import { openDatabase, prepare, type Row, writeBatch } from "../../src/sinks/SqliteStore.ts"
-import { telemetryEnvelope } from "../support/envelopes.ts"
-import { tempDir } from "../support/gateway.ts"
+import type { SinkShape } from "../../../src/sinks/Sink.ts"
+import * as SqliteSink from "../../../src/sinks/sqlite/SqliteSink.ts"
+import { openDatabase, prepare, type Row, writeBatch } from "../../../src/sinks/sqlite/SqliteStore.ts"
+import { telemetryEnvelope } from "../../support/envelopes.ts"
+import { tempDir } from "../../support/gateway.ts"
 
 const dirs: Array<string> = []
 afterEach(() => {

@@ -8,9 +8,9 @@ import * as ChildProcess from "node:child_process"
 import * as Fs from "node:fs"
 import * as Path from "node:path"
 import { DatabaseSync } from "node:sqlite"
-import { tempDir } from "../support/gateway.ts"
+import { tempDir } from "../../support/gateway.ts"
 
-const STORE = Path.resolve(import.meta.dirname, "../../src/sinks/SqliteStore.ts")
+const STORE = Path.resolve(import.meta.dirname, "../../../src/sinks/sqlite/SqliteStore.ts")
 const dirs: Array<string> = []
 afterEach(() => {
   for (const d of dirs.splice(0)) Fs.rmSync(d, { recursive: true, force: true })

@@ -5,8 +5,8 @@
  */
 import * as Fs from "node:fs"
 import { DatabaseSync, type StatementSync } from "node:sqlite"
-import { annotationsOf, type Envelope } from "../domain/Envelope.ts"
-import { Outcome } from "./Outcome.ts"
+import { annotationsOf, type Envelope } from "../../domain/Envelope.ts"
+import { Outcome } from "../Outcome.ts"
 import { whileBusy, WriteLock } from "./SqliteWriteLock.ts"
 
 /**
