@@ -22,15 +22,7 @@ import * as Persistence from "./pipeline/Persistence.ts"
 import type { Pipeline } from "./pipeline/Pipeline.ts"
 import * as Catalog from "./stages/Catalog.ts"
 import type { StagesFileError } from "./config/StagesFile.ts"
-import * as NatsSinkLayer from "./sinks/nats/NatsSinkLayer.ts"
-import { natsSettingsOf } from "./sinks/nats/NatsSettings.ts"
-import * as SqliteSink from "./sinks/sqlite/SqliteSink.ts"
-
-/** The sink chosen by GATEWAY_SINK. */
-const sink = Layer.unwrap(Effect.map(GatewayConfig, (c) => {
-  const local = { dataDir: c.dataDir, synchronous: c.sqliteSync, maxBatchBytes: c.batchMaxBytes + c.maxFrameBytes }
-  return c.sink === "nats" ? NatsSinkLayer.layer(natsSettingsOf(c), local) : SqliteSink.layer(local)
-}))
+import * as Sinks from "./sinks/Sinks.ts"
 
 /**
  * Logs the `listening` line once both ports are bound. A worker of a node (GATEWAY_WORKERS > 1)
@@ -67,7 +59,7 @@ export const layer = <E = never>(
     Layer.provideMerge(
       Layer.mergeAll(Lanes.layer, Dedup.layer, SessionRegistry.layer, DeviceAuth.layer, tracing, stages)
     ),
-    Layer.provideMerge(Layer.mergeAll(sink, Lifecycle.layer, MemoryBudget.layer, RuntimeMetrics.layer)),
+    Layer.provideMerge(Layer.mergeAll(Sinks.layer, Lifecycle.layer, MemoryBudget.layer, RuntimeMetrics.layer)),
     Layer.provideMerge(config)
   )
 }

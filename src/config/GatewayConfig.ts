@@ -29,8 +29,20 @@ export const gatewayConfig = Config.all({
   adminPort: port("GATEWAY_ADMIN_PORT", 9464),
   adminHost: Config.String("GATEWAY_ADMIN_HOST").pipe(Config.withDefault("127.0.0.1")),
   dataDir: Config.String("GATEWAY_DATA_DIR").pipe(Config.withDefault("./data")),
-  /** Where messages go: the embedded SQLite store, or NATS JetStream (`NATS_*`; dead letters stay in SQLite). */
-  sink: Config.Literals(["sqlite", "nats"], "GATEWAY_SINK").pipe(Config.withDefault("sqlite" as const)),
+  /**
+   * Where messages go: `sqlite` (the embedded store), `nats` (JetStream, `NATS_*`), `postgres`
+   * (`DATABASE_URL`, `PG_*`), or several separated by commas (each takes every message); checked
+   * by sinks/routing/Routes.ts. Dead letters and device states stay in the embedded store.
+   */
+  sink: Config.String("GATEWAY_SINK").pipe(Config.withDefault("sqlite")),
+  /** Routing rules by kind and device (sinks/routing/Routes.ts); every message to GATEWAY_SINK when unset. */
+  routesFile: Config.option(Config.String("GATEWAY_ROUTES_FILE")),
+  /** Batches of a remote sink failed in a row (past their retries) that open its circuit breaker. */
+  breakerFailures: int("GATEWAY_BREAKER_FAILURES", 5, 1, 1_000),
+  /** Milliseconds an open breaker waits before a trial batch (doubled after each failed trial, at most 60 s). */
+  breakerOpenMs: int("GATEWAY_BREAKER_OPEN_MS", 5_000, 10, 600_000),
+  /** Milliseconds a sink's full queue may hold up a batch when there are several sinks (then: nack unavailable). */
+  sinkStallMs: int("GATEWAY_SINK_STALL_MS", 1_000, 1, 600_000),
   devicesFile: Config.option(Config.String("GATEWAY_DEVICES")),
   /** Fleet keys for JWT device credentials (see auth/JwksSource.ts): a JWKS file, re-read when it changes, or a URL; not both. */
   jwksFile: Config.option(Config.String("GATEWAY_JWKS_FILE")),

@@ -34,7 +34,7 @@ import { answerOf, Tally } from "../pipeline/Answer.ts"
 import type { InFlight, LanesShape, Replier } from "../pipeline/Lanes.ts"
 import type { Runner } from "../pipeline/Stage.ts"
 import type { RawData } from "../pipeline/Validate.ts"
-import type { SinkShape } from "../sinks/Sink.ts"
+import type { DeviceStateShape } from "../sinks/DeviceState.ts"
 import { closeGracefully } from "./Closing.ts"
 import { HELLO_MAX_BYTES, HelloReader } from "./HelloReader.ts"
 import { LineFramer } from "./LineFramer.ts"
@@ -51,7 +51,7 @@ export interface ConnectionEnv {
   readonly lanes: LanesShape
   /** The ingest stages (validate, dedup), built once. */
   readonly ingest: Runner<RawData, Envelope, ValidationError>
-  readonly sink: SinkShape
+  readonly deviceState: DeviceStateShape
   readonly tracer: MessageTracerShape
   readonly lifecycle: LifecycleShape
   readonly budget: Budget
@@ -497,7 +497,7 @@ export class Connection implements Replier, Replaceable {
       const hello = this.parseHello(this.helloText)
       this.helloText = ""
       if (hello === undefined) return
-      const { config, auth, sessions, sink, admission } = this.env
+      const { config, auth, sessions, deviceState, admission } = this.env
       // mutual TLS: the certificate must name the device (before any credential is looked at)
       const unnamed = this.env.tls?.mutual === true ? certificateRefusal(this.socket, hello.device) : undefined
       if (unnamed !== undefined) {
@@ -524,7 +524,7 @@ export class Connection implements Replier, Replaceable {
         Metrics.record(Metrics.errors("OverloadError"), 1)
         return this.fatal("busy", refusal.message, "busy", refusal.retryAfterMs)
       }
-      const lastSeq = yield* Effect.orElseSucceed(sink.lastSeq(hello.device, hello.epoch ?? 0), () => null)
+      const lastSeq = yield* deviceState.lastSeq(hello.device, hello.epoch ?? 0)
       if (this.state === "closed") return
       this.device = hello.device
       this.epoch = hello.epoch ?? 0

@@ -31,7 +31,7 @@ import { dedup } from "../pipeline/Dedup.ts"
 import { Lanes } from "../pipeline/Lanes.ts"
 import * as Stage from "../pipeline/Stage.ts"
 import { validate } from "../pipeline/Validate.ts"
-import { Sink } from "../sinks/Sink.ts"
+import { DeviceState } from "../sinks/DeviceState.ts"
 import { lingeringSockets, refuseBusy } from "./Closing.ts"
 import { Connection, type ConnectionEnv } from "./Connection.ts"
 import { ReadSlices } from "./ReadSlices.ts"
@@ -69,7 +69,7 @@ export class Listener extends Context.Service<Listener, ListenerShape>()("gatewa
         sessions: yield* SessionRegistry,
         lanes: yield* Lanes,
         ingest: yield* Stage.build(Stage.andThen(validate, dedup())),
-        sink: yield* Sink,
+        deviceState: yield* DeviceState,
         tracer: yield* MessageTracer,
         lifecycle: yield* Lifecycle,
         budget: yield* MemoryBudget,

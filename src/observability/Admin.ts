@@ -1,7 +1,8 @@
 /**
  * The admin HTTP port: Prometheus text at `/metrics`, liveness at `/healthz` (the process
- * serves), readiness at `/readyz` (false while draining or when the sink cannot take writes: its
- * last write failed, or its store is corrupt or lost; the body says why).
+ * serves), readiness at `/readyz` (false while draining or when a sink cannot take writes: its
+ * last write failed, its breaker is open, or its store is corrupt or lost; the body says which
+ * and why, one sink per line).
  */
 import * as NodeHttpServer from "@effect/platform-node/NodeHttpServer"
 import { Context, Effect, Layer } from "effect"
@@ -10,20 +11,20 @@ import { PrometheusMetrics } from "effect/observability"
 import { createServer } from "node:http"
 import { GatewayConfig } from "../config/GatewayConfig.ts"
 import { Lifecycle } from "../Lifecycle.ts"
-import { Sink } from "../sinks/Sink.ts"
+import { Router } from "../sinks/routing/Router.ts"
 
 const readiness = Layer.unwrap(Effect.gen(function*() {
   const lifecycle = yield* Lifecycle
-  const sink = yield* Sink
-  const reason = sink.unavailableReason ?? Effect.succeed(undefined)
+  const router = yield* Router
   return HttpRouter.add(
     "GET",
     "/readyz",
     Effect.gen(function*() {
       if (lifecycle.isDraining()) return HttpServerResponse.text("draining\n", { status: 503 })
-      if (yield* sink.isHealthy) return HttpServerResponse.text("ready\n")
-      const why = yield* reason
-      return HttpServerResponse.text(`sink ${sink.name} unavailable${why === undefined ? "" : `: ${why}`}\n`, { status: 503 })
+      const down = (yield* router.status).filter((s) => !s.health.ready)
+      if (down.length === 0) return HttpServerResponse.text("ready\n")
+      const lines = down.map((s) => `sink ${s.sink} unavailable${s.health.ready ? "" : `: ${s.health.message}`}\n`)
+      return HttpServerResponse.text(lines.join(""), { status: 503 })
     })
   )
 }))

@@ -103,22 +103,34 @@ export const commitLatencyMs = Metric.histogram("gateway_ingest_to_commit_latenc
   boundaries: [0.25, 0.5, 1, 2, 3, 5, 7.5, 10, 15, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000]
 })
 
-/** Messages per sink batch. */
-export const sinkBatchSize = Metric.histogram("gateway_sink_batch_size", {
-  description: "messages per sink batch",
-  boundaries: Metric.exponentialBoundaries({ start: 1, factor: 2, count: 14 })
-})
+const sinkBatchSizes = family((attributes) =>
+  Metric.histogram("gateway_sink_batch_size", {
+    description: "messages per sink batch",
+    boundaries: Metric.exponentialBoundaries({ start: 1, factor: 2, count: 14 }),
+    attributes
+  })
+)
+/** Messages per batch written to one sink. */
+export const sinkBatchSize = (sink: string) => sinkBatchSizes({ sink })
 
-/** Sink batch retries after transient errors. */
-export const sinkRetries = Metric.counter("gateway_sink_retries_total", {
-  description: "sink batch attempts retried after a transient error"
-})
+const sinkRetriesTotal = family((attributes) =>
+  Metric.counter("gateway_sink_retries_total", {
+    description: "sink batch attempts retried after a transient error",
+    attributes
+  })
+)
+/** Batch attempts of one sink retried after a transient error. */
+export const sinkRetries = (sink: string) => sinkRetriesTotal({ sink })
 
-/** Sink batch duration, milliseconds. */
-export const sinkBatchMs = Metric.histogram("gateway_sink_batch_duration_ms", {
-  description: "milliseconds to commit one sink batch",
-  boundaries: [0.5, 1, 2, 5, 10, 25, 50, 100, 250, 1000, 5000]
-})
+const sinkBatchDurations = family((attributes) =>
+  Metric.histogram("gateway_sink_batch_duration_ms", {
+    description: "milliseconds to commit one sink batch (its retries included)",
+    boundaries: [0.5, 1, 2, 5, 10, 25, 50, 100, 250, 1000, 5000],
+    attributes
+  })
+)
+/** Milliseconds one sink took for a batch, retries included. */
+export const sinkBatchMs = (sink: string) => sinkBatchDurations({ sink })
 
 /** Devices with dedup state (bounded by GATEWAY_DEDUP_DEVICES). */
 export const dedupDevices = Metric.gauge("gateway_dedup_devices", { description: "devices with dedup window state" })

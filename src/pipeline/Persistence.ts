@@ -12,7 +12,8 @@ import { GatewayConfig } from "../config/GatewayConfig.ts"
 import { Lifecycle } from "../Lifecycle.ts"
 import * as Metrics from "../observability/Metrics.ts"
 import { MessageTracer } from "../observability/Tracing.ts"
-import { type DeadLetter, Sink } from "../sinks/Sink.ts"
+import { type DeadLetter, DeadLetters } from "../sinks/DeadLetters.ts"
+import { Router } from "../sinks/routing/Router.ts"
 import type { Envelope } from "../domain/Envelope.ts"
 import { PermanentPersistenceError } from "../domain/Errors.ts"
 import { nackFrame } from "../domain/Frames.ts"
@@ -22,9 +23,6 @@ import { Dedup } from "./Dedup.ts"
 import { type InFlight, Lanes, type Replier } from "./Lanes.ts"
 import { Pipeline, PipelineError } from "./Pipeline.ts"
 import * as Stage from "./Stage.ts"
-
-/** Batches in the pipeline at once. */
-const PIPELINE = 2
 
 const SUCCESS = Exit.void
 
@@ -36,7 +34,8 @@ export const layer = Layer.effectDiscard(Effect.gen(function*() {
   const lifecycle = yield* Lifecycle
   const tracer = yield* MessageTracer
   const stages = yield* Pipeline
-  const sink = yield* Sink
+  const router = yield* Router
+  const deadLetters = yield* DeadLetters
   const user = yield* Stage.build(stages, { spans: tracer.enabled })
   const taken = user.names.filter((name) => RESERVED.has(name))
   if (taken.length > 0) {
@@ -88,7 +87,7 @@ export const layer = Layer.effectDiscard(Effect.gen(function*() {
   const keepDeadLetters = (batch: ReadonlyArray<InFlight>, ends: Ends) => {
     const letters = deadLettersOf(batch, ends)
     if (letters.length === 0) return Effect.void
-    return sink.deadLetter(letters).pipe(
+    return deadLetters.write(letters).pipe(
       Effect.catchCause((cause) =>
         Effect.logWarning("dead letters not stored").pipe(
           Effect.annotateLogs({ count: letters.length, error: Cause.pretty(cause) })
@@ -97,13 +96,12 @@ export const layer = Layer.effectDiscard(Effect.gen(function*() {
     )
   }
 
-  /** Your stages, the key guard, then commit: where every message of the batch ended. */
+  /** Your stages and the guards: where the messages they stopped ended, and the others by route. */
   const runStages = (batch: ReadonlyArray<InFlight>) =>
     Effect.gen(function*() {
       const first = yield* user.run(batch.map((i) => i.envelope))
       const ends: Ends = { stops: [...first.stops], at: [...first.stoppedAt], by: [...first.stoppedBy] }
-      const toCommit: Array<Envelope> = []
-      const commitAt: Array<number> = []
+      const routes = new Map<number, Group>()
       for (let i = 0; i < first.passed.length; i++) {
         const at = first.passedAt === undefined ? i : first.passedAt[i]!
         const e = first.passed[i]!
@@ -116,44 +114,62 @@ export const layer = Layer.effectDiscard(Effect.gen(function*() {
         }
         const unstorable = nestingOf(e, entered)
         if (unstorable !== undefined) {
-          ends.stops.push(new Stage.Rejected(new PermanentPersistenceError({ sink: sink.name, message: unstorable })))
+          ends.stops.push(new Stage.Rejected(new PermanentPersistenceError({ sink: router.names, message: unstorable })))
           ends.at.push(at)
           ends.by.push(GUARD)
           continue
         }
-        toCommit.push(e)
-        commitAt.push(at)
+        const route = router.table.routeOf(e)
+        let group = routes.get(route)
+        if (group === undefined) routes.set(route, group = { envelopes: [], at: [] })
+        group.envelopes.push(e)
+        group.at.push(at)
       }
-      if (toCommit.length > 0) {
-        const second = yield* committer.run(toCommit)
-        for (let j = 0; j < second.stops.length; j++) {
-          ends.stops.push(second.stops[j]!)
-          ends.at.push(commitAt[second.stoppedAt[j]!]!)
-          ends.by.push(second.stoppedBy[j]!)
-        }
+      return { ends, groups: [...routes.values()] }
+    })
+
+  /** One route's messages through `commit`: where they ended, by their positions in the batch. */
+  const commitGroup = (group: Group) =>
+    Effect.map(committer.run(group.envelopes), (second): Ends => {
+      const ends: Ends = { stops: [], at: [], by: [] }
+      for (let j = 0; j < second.stops.length; j++) {
+        ends.stops.push(second.stops[j]!)
+        ends.at.push(group.at[second.stoppedAt[j]!]!)
+        ends.by.push(second.stoppedBy[j]!)
       }
       return ends
     })
 
+  // Each route's messages are answered as soon as its sinks are done: a slow sink delays only
+  // the messages routed to it.
   const runBatch = (batch: ReadonlyArray<InFlight>) => {
-    let answered = false
+    const answered = new Uint8Array(batch.length)
+    const settle = (ends: Ends) =>
+      Effect.gen(function*() {
+        yield* logDefects(ends)
+        yield* logUnstorable(batch, ends)
+        yield* keepDeadLetters(batch, ends)
+        answer(batch, ends)
+        for (const at of ends.at) answered[at] = 1
+      })
     const run = Effect.gen(function*() {
-      const ends = yield* runStages(batch)
-      yield* logDefects(ends)
-      yield* logUnstorable(batch, ends)
-      yield* keepDeadLetters(batch, ends)
-      answer(batch, ends)
-      answered = true
+      const { ends, groups } = yield* runStages(batch)
+      yield* settle(ends)
+      yield* Effect.forEach(groups, (group) => Effect.flatMap(commitGroup(group), settle), {
+        concurrency: "unbounded",
+        discard: true
+      })
     }).pipe(
       // whatever went wrong, no message of the batch is left without an answer
-      Effect.onExit((exit) =>
-        answered ? Effect.void : Effect.andThen(
-          Effect.sync(() => answerUnavailable(batch, "gateway could not process the message")),
+      Effect.onExit((exit) => {
+        const left = batch.filter((_, i) => answered[i] === 0)
+        return left.length === 0 ? Effect.void : Effect.andThen(
+          Effect.sync(() => answerUnavailable(left, "gateway could not process the message")),
           Effect.logError("batch failed without answers; nacked unavailable").pipe(
-            Effect.annotateLogs({ size: batch.length, cause: Exit.isFailure(exit) ? Cause.pretty(exit.cause) : "" })
+            Effect.annotateLogs({ size: left.length, cause: Exit.isFailure(exit) ? Cause.pretty(exit.cause) : "" })
           )
         )
-      )
+      })
     )
     if (!tracer.enabled) return run
     const links: Array<Tracer.SpanLink> = []
@@ -161,17 +177,18 @@ export const layer = Layer.effectDiscard(Effect.gen(function*() {
     return Effect.withSpan(run, "sink.batch", { kind: "client", links, attributes: { "batch.size": batch.length } })
   }
 
-  // Up to PIPELINE batches are with the sink at once: while it commits one, the next is taken
-  // and sent, so the sink never idles waiting for the event loop. Answers stay in send order
-  // per connection whatever order batches complete in (OrderedAnswers).
-  const slots = yield* Semaphore.make(PIPELINE)
+  // Up to `router.slots` batches are with the sinks at once: while a sink commits one, the next
+  // is taken and sent, so it never idles waiting for the event loop (and with several sinks,
+  // one that is slow holds only the slots its own queue can). Answers stay in send order per
+  // connection whatever order batches complete in (OrderedAnswers).
+  const slots = yield* Semaphore.make(router.slots)
   let closing = false
   const loop = Effect.gen(function*() {
     while (true) {
       yield* Semaphore.take(slots, 1)
       let batch = lanes.takeBatch(config.batchMax, config.batchMaxBytes)
       while (batch.length === 0) {
-        if (closing) return yield* Semaphore.take(slots, PIPELINE - 1) // wait for the batches in flight
+        if (closing) return yield* Semaphore.take(slots, router.slots - 1) // wait for the batches in flight
         yield* lanes.awaitWork
         batch = lanes.takeBatch(config.batchMax, config.batchMaxBytes)
       }
@@ -205,6 +222,12 @@ interface Ends {
   readonly stops: Array<Stage.Settled | Stage.Rejected<Stage.StageError | Stage.StageDefect>>
   readonly at: Array<number>
   readonly by: Array<string>
+}
+
+/** Messages of one route, and their positions in the batch. */
+interface Group {
+  readonly envelopes: Array<Envelope>
+  readonly at: Array<number>
 }
 
 /** The checks between your stages and `commit` (the key guard, the nesting guard), as a stage name. */

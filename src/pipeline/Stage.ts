@@ -517,7 +517,7 @@ const merge = (values: ReadonlyArray<unknown>, picked: Picked, results: Readonly
 }
 
 /** A predicate from selections (all must match): kinds by set, devices by exact id or `prefix*`. */
-const matcher = (selections: ReadonlyArray<Selection>): (item: Selectable) => boolean => {
+export const matcher = (selections: ReadonlyArray<Selection>): (item: Selectable) => boolean => {
   const tests = selections.map((selection) => {
     const kinds = selection.kinds === undefined ? undefined : new Set(selection.kinds)
     const exact = new Set<string>()

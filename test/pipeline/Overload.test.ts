@@ -113,7 +113,7 @@ describe("overload policy", () => {
     expect(await d.take(2)).toEqual([{ type: "ack", seq: 1 }, { type: "ack", seq: 2 }])
     const metrics = await (await fetch(`http://127.0.0.1:${g.adminPort}/metrics`)).text()
     expect(metrics).toMatch(/gateway_errors_total\{class="TransientUpstreamError"\} [1-9]/)
-    expect(metrics).toMatch(/gateway_sink_retries_total [1-9]/)
+    expect(metrics).toMatch(/gateway_sink_retries_total\{sink="sqlite"\} [1-9]/)
   })
 })
 

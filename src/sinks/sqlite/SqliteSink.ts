@@ -21,7 +21,7 @@
  * waited for at most {@link START_CHECK_BUDGET_MS}) and a probe write of a full batch's size is
  * made: a corrupt store stops the start; one that cannot take writes (disk full) starts not ready.
  */
-import { Deferred, Effect, FiberSet, Layer, Metric, Option, Schedule } from "effect"
+import { Context, Deferred, Effect, FiberSet, Layer, Metric, Option, Schedule } from "effect"
 import * as ChildProcess from "node:child_process"
 import * as Fs from "node:fs"
 import * as Path from "node:path"
@@ -31,7 +31,8 @@ import { Worker } from "node:worker_threads"
 import type { Envelope } from "../../domain/Envelope.ts"
 import { PermanentPersistenceError, TransientUpstreamError } from "../../domain/Errors.ts"
 import { record } from "../../observability/Metrics.ts"
-import { type DeadLetter, Outcome, Sink, type WriteResult } from "../Sink.ts"
+import type { DeadLetter } from "../DeadLetters.ts"
+import { Outcome } from "../Outcome.ts"
 import { check as checkStore, type CheckReply } from "./SqliteCheck.ts"
 import {
   describe,
@@ -41,10 +42,45 @@ import {
   lostBecause,
   openDatabase,
   packEnvelopes,
+  type DeviceSeq,
   safeJson,
   storeIdentity
 } from "./SqliteStore.ts"
-import type { DeadLetterRequest, ProbeRequest, WriteReply, WriteRequest } from "./SqliteWriter.ts"
+import type { DeadLetterRequest, ProbeRequest, StateRequest, WriteReply, WriteRequest } from "./SqliteWriter.ts"
+
+/** The result of writing one batch to the store. */
+export interface WriteResult {
+  /** `outcomes[i]` is the Outcome code of `batch[i]`. */
+  readonly outcomes: Uint8Array
+  /** Why each rejected message was refused, by its index in the batch. */
+  readonly rejections: ReadonlyMap<number, string>
+}
+
+/**
+ * The gateway's embedded store (`<dataDir>/gateway.db`): the `messages` of the SQLite sink, the
+ * dead letters, and each device's highest committed seq per epoch. Whole-batch failures are
+ * typed by the taxonomy: `TransientUpstreamError` (may pass: disk full, I/O, busy) or
+ * `PermanentPersistenceError` (the store is corrupt or lost until a restart).
+ */
+export interface LocalStoreShape {
+  /** Commits a batch to `messages` (and raises `device_state` in the same transaction). */
+  readonly write: (batch: ReadonlyArray<Envelope>) => Effect.Effect<WriteResult, TransientUpstreamError | PermanentPersistenceError>
+  /** Stores dead letters durably. */
+  readonly deadLetter: (records: ReadonlyArray<DeadLetter>) => Effect.Effect<void, TransientUpstreamError>
+  /** Highest committed seq of (device, epoch), or null when none is known. */
+  readonly lastSeq: (device: string, epoch: number) => Effect.Effect<number | null, TransientUpstreamError>
+  /** Raises `device_state` to what another sink committed (never lowers it). */
+  readonly raiseStates: (states: ReadonlyArray<DeviceSeq>) => Effect.Effect<void, TransientUpstreamError>
+  /** True while the store takes writes: follows its real writes. */
+  readonly isHealthy: Effect.Effect<boolean>
+  /** Why it takes no writes now (undefined while healthy). */
+  readonly unavailableReason: Effect.Effect<string | undefined>
+  /** True once the store takes no more writes in this process (corrupt, lost, writer gone). */
+  readonly isBroken: Effect.Effect<boolean>
+}
+
+/** The embedded store as a service. */
+export class LocalStore extends Context.Service<LocalStore, LocalStoreShape>()("gateway/LocalStore") {}
 
 /** Options of the SQLite sink. */
 export interface SqliteSinkOptions {
@@ -60,6 +96,12 @@ export interface SqliteSinkOptions {
   readonly inlineCheckMaxBytes?: number
   /** Milliseconds without a write after which a probe write is made (default {@link PROBE_EVERY_MS}). */
   readonly probeEveryMs?: number
+  /**
+   * Whether a batch's commit raises `device_state` in its own transaction (default true: SQLite
+   * is the only sink). False when other sinks take messages too: a message is committed only
+   * once all its sinks have it, and the device-state service raises the state then.
+   */
+  readonly statesInBatch?: boolean
 }
 
 /**
@@ -158,7 +200,7 @@ export const make = Effect.fn("SqliteSink.make")(function*(options: SqliteSinkOp
 
   const writer = yield* startWorker(
     "./SqliteWriter.ts",
-    { path, synchronous: options.synchronous },
+    { path, synchronous: options.synchronous, raiseStates: options.statesInBatch ?? true },
     writerHeapMb(options.maxBatchBytes)
   )
   yield* Effect.callback<void, PermanentPersistenceError>((resume) => {
@@ -261,7 +303,7 @@ export const make = Effect.fn("SqliteSink.make")(function*(options: SqliteSinkOp
   yield* Effect.addFinalizer(() => Effect.sync(() => (writerAlive = false)))
 
   /** Sends one request (a fresh id each time it runs, retries included) and waits for its reply. */
-  const request = (make: (id: number) => WriteRequest | DeadLetterRequest | ProbeRequest, bytes = 0) =>
+  const request = (make: (id: number) => WriteRequest | DeadLetterRequest | StateRequest | ProbeRequest, bytes = 0) =>
     Effect.callback<WriteResult, TransientUpstreamError | PermanentPersistenceError>((resume) => {
       if (!writerAlive) return resume(Effect.fail(new TransientUpstreamError({ sink: "sqlite", message: "sqlite writer is not running" })))
       // not retried: only a restart can make the store usable again
@@ -361,8 +403,7 @@ export const make = Effect.fn("SqliteSink.make")(function*(options: SqliteSinkOp
       Effect.mapError((e) => new TransientUpstreamError({ sink: "sqlite", message: `dead letters not stored: ${e.message}` }))
     )
 
-  return Sink.of({
-    name: "sqlite",
+  return LocalStore.of({
     write,
     deadLetter,
     lastSeq: (device, epoch) =>
@@ -370,10 +411,14 @@ export const make = Effect.fn("SqliteSink.make")(function*(options: SqliteSinkOp
         try: () => (selectState.get(device, epoch) as { last_seq: number } | undefined)?.last_seq ?? null,
         catch: (cause) => new TransientUpstreamError({ sink: "sqlite", message: describe(cause), cause })
       }),
+    raiseStates: (states) =>
+      request((id) => ({ id, states })).pipe(
+        Effect.asVoid,
+        Effect.mapError((e) => new TransientUpstreamError({ sink: "sqlite", message: `device states not stored: ${e.message}` }))
+      ),
     isHealthy: Effect.sync(healthy),
-    unavailableReason: Effect.sync(() =>
-      !writerAlive ? "writer thread not running" : fatal ?? failing
-    )
+    unavailableReason: Effect.sync(() => !writerAlive ? "writer thread not running" : fatal ?? failing),
+    isBroken: Effect.sync(() => !writerAlive || fatal !== undefined)
   })
 })
 
@@ -521,5 +566,5 @@ const corruption = (reply: CheckReply): string | undefined =>
     ? `PRAGMA quick_check: ${reply.message}`
     : undefined
 
-/** The SQLite sink provided as the generic {@link Sink}. */
-export const layer = (options: SqliteSinkOptions) => Layer.effect(Sink, make(options))
+/** The embedded store as the {@link LocalStore} service. */
+export const layer = (options: SqliteSinkOptions) => Layer.effect(LocalStore, make(options))

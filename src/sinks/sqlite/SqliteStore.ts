@@ -332,7 +332,13 @@ class BatchFailure extends Error {}
  * Writes one batch in one transaction. A row the store refuses (constraint, size) is rejected
  * and dead-lettered alone; any other failure rolls the whole batch back and is thrown.
  */
-export const writeBatch = (db: DatabaseSync, st: Statements, rows: ReadonlyArray<Row>, now: number): BatchResult => {
+export const writeBatch = (
+  db: DatabaseSync,
+  st: Statements,
+  rows: ReadonlyArray<Row>,
+  now: number,
+  raiseStates = true
+): BatchResult => {
   const outcomes = new Uint8Array(rows.length)
   const rejections: Array<readonly [number, string]> = []
   const tops = new Map<string, { device: string; epoch: number; seq: number }>()
@@ -350,6 +356,7 @@ export const writeBatch = (db: DatabaseSync, st: Statements, rows: ReadonlyArray
         deadLetter(st, r, describe(error), now)
         continue
       }
+      if (!raiseStates) continue
       const key = `${r[0]}\u0000${r[1]}`
       const top = tops.get(key)
       if (top === undefined) tops.set(key, { device: r[0], epoch: r[1], seq: r[2] })
@@ -382,6 +389,23 @@ export const writeDeadLetters = (db: DatabaseSync, st: Statements, records: Read
   st.lock.begin()
   try {
     for (const r of records) st.deadLetter.run(r.device, r.epoch, r.seq, r.kind, r.reason, r.envelope, now)
+    db.exec("COMMIT")
+  } catch (error) {
+    if (db.isTransaction) db.exec("ROLLBACK")
+    throw error
+  } finally {
+    st.lock.released()
+  }
+}
+
+/** A device's highest committed seq in an epoch, as a remote sink confirmed it. */
+export type DeviceSeq = readonly [device: string, epoch: number, seq: number]
+
+/** Raises each device's `last_seq` to `states`' seq (never lowers it), in one transaction. */
+export const writeStates = (db: DatabaseSync, st: Statements, states: ReadonlyArray<DeviceSeq>): void => {
+  st.lock.begin()
+  try {
+    for (const [device, epoch, seq] of states) st.upsertState.run(device, epoch, seq)
     db.exec("COMMIT")
   } catch (error) {
     if (db.isTransaction) db.exec("ROLLBACK")

@@ -14,6 +14,7 @@ import * as Path from "node:path"
 import { parentPort, workerData } from "node:worker_threads"
 import {
   type DeadLetterRow,
+  type DeviceSeq,
   describe,
   type Fault,
   faultOf,
@@ -27,6 +28,7 @@ import {
   storeIdentity,
   unpackRows,
   writeBatch,
+  writeStates,
   writeDeadLetters
 } from "./SqliteStore.ts"
 
@@ -41,6 +43,12 @@ export interface WriteRequest {
 export interface DeadLetterRequest {
   readonly id: number
   readonly deadLetters: ReadonlyArray<DeadLetterRow>
+}
+
+/** Device states to raise (what remote sinks committed): see {@link writeStates}. */
+export interface StateRequest {
+  readonly id: number
+  readonly states: ReadonlyArray<DeviceSeq>
 }
 
 /** A write probe ({@link probe}): tells whether the store takes writes when no batch does. */
@@ -69,7 +77,12 @@ export type WriteReply =
     readonly fatal: boolean
   }
 
-const { path, synchronous } = workerData as { readonly path: string; readonly synchronous: "normal" | "full" }
+const { path, synchronous, raiseStates } = workerData as {
+  readonly path: string
+  readonly synchronous: "normal" | "full"
+  /** False when `device_state` is raised by the device-state service (other sinks in the routes). */
+  readonly raiseStates: boolean
+}
 const db = openDatabase(path, synchronous)
 const statements = prepare(db)
 // the files commits go to, as opened: checked after every write, before its reply (and so its acks)
@@ -88,7 +101,7 @@ const failure = (id: number, fault: Fault, message: string, transient: boolean):
   fatal: isFatal(fault)
 })
 
-port.on("message", (request: WriteRequest | DeadLetterRequest | ProbeRequest | "close") => {
+port.on("message", (request: WriteRequest | DeadLetterRequest | StateRequest | ProbeRequest | "close") => {
   if (request === "close") {
     db.close()
     port.close()
@@ -102,6 +115,9 @@ port.on("message", (request: WriteRequest | DeadLetterRequest | ProbeRequest | "
       if ("deadLetters" in request) {
         writeDeadLetters(db, statements, request.deadLetters, Date.now())
         reply = { id: request.id, ok: true, outcomes: new Uint8Array(0), rejections: [] }
+      } else if ("states" in request) {
+        writeStates(db, statements, request.states)
+        reply = { id: request.id, ok: true, outcomes: new Uint8Array(0), rejections: [] }
       } else if ("probe" in request) {
         probe(db, statements, Date.now(), request.probe)
         const free = freeBytes(Path.dirname(path))
@@ -109,7 +125,7 @@ port.on("message", (request: WriteRequest | DeadLetterRequest | ProbeRequest | "
           ? { id: request.id, ok: true, outcomes: new Uint8Array(0), rejections: [] }
           : failure(request.id, "full", `database or disk is full (${free} bytes free, ${request.needFree} needed)`, true)
       } else {
-        const result = writeBatch(db, statements, unpackRows(request.rows, request.count), Date.now())
+        const result = writeBatch(db, statements, unpackRows(request.rows, request.count), Date.now(), raiseStates)
         reply = { id: request.id, ok: true, outcomes: result.outcomes, rejections: result.rejections }
       }
     } catch (error) {

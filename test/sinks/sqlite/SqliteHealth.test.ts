@@ -19,7 +19,7 @@ import { Effect, Exit, Logger, Scope } from "effect"
 import * as Fs from "node:fs"
 import * as Path from "node:path"
 import { DatabaseSync } from "node:sqlite"
-import type { SinkShape } from "../../../src/sinks/Sink.ts"
+
 import * as SqliteSink from "../../../src/sinks/sqlite/SqliteSink.ts"
 import { openDatabase, prepare, type Row, writeBatch } from "../../../src/sinks/sqlite/SqliteStore.ts"
 import { telemetryEnvelope } from "../../support/envelopes.ts"
@@ -42,7 +42,7 @@ const quiet = Effect.provide(Logger.layer([]))
 const sleep = (ms: number) => Effect.promise(() => new Promise<void>((resolve) => setTimeout(resolve, ms)))
 
 /** Polls the sink's health every 20 ms until it is `want`; fails after `ms`. */
-const healthBecomes = (sink: SinkShape, want: boolean, ms: number) =>
+const healthBecomes = (sink: SqliteSink.LocalStoreShape, want: boolean, ms: number) =>
   Effect.gen(function*() {
     const deadline = Date.now() + ms
     while ((yield* sink.isHealthy) !== want) {
