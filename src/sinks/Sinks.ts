@@ -46,7 +46,7 @@ export const layer = Layer.unwrap(Effect.gen(function*() {
   })
   const alone = table.sinks.length === 1
   const queueSettings = (remote: boolean) => ({
-    capacity: alone ? 1 : 2,
+    capacity: alone ? 2 : 2,
     inFlight: PIPELINE,
     // the embedded store's writer thread has a heap sized for one batch: never merged
     maxMerge: remote ? c.batchMax : 1,
@@ -73,7 +73,7 @@ export const layer = Layer.unwrap(Effect.gen(function*() {
           ...(guarded ? { detail: Effect.sync(() => `breaker ${guarded.state()}`) } : {})
         })
       }
-      const slots = alone ? PIPELINE : PIPELINE + table.sinks.length * (2 + PIPELINE)
+      const slots = alone ? PIPELINE * 2 : PIPELINE + table.sinks.length * (2 + PIPELINE)
       return yield* makeRouter(table, sinks, slots)
     })
   )
