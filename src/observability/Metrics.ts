@@ -113,6 +113,12 @@ const sinkBatchSizes = family((attributes) =>
 /** Messages per batch written to one sink. */
 export const sinkBatchSize = (sink: string) => sinkBatchSizes({ sink })
 
+const sinkHealthyGauges = family((attributes) =>
+  Metric.gauge("gateway_sink_healthy", { description: "1 while a sink can take writes (readiness), else 0", attributes })
+)
+/** Whether one sink can take writes now. */
+export const sinkHealthy = (sink: string) => sinkHealthyGauges({ sink })
+
 const sinkRetriesTotal = family((attributes) =>
   Metric.counter("gateway_sink_retries_total", {
     description: "sink batch attempts retried after a transient error",

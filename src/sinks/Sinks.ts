@@ -4,7 +4,8 @@
  * routes name, each wrapped in its retries (and, for a remote sink, its circuit breaker) and put
  * behind its own queue, and the router over them.
  */
-import { Effect, Layer } from "effect"
+import { Effect, Layer, Schedule } from "effect"
+import { record, sinkHealthy } from "../observability/Metrics.ts"
 import { GatewayConfig } from "../config/GatewayConfig.ts"
 import type { SinkDriver } from "./Contract.ts"
 import { DeadLetters } from "./DeadLetters.ts"
@@ -74,7 +75,14 @@ export const layer = Layer.unwrap(Effect.gen(function*() {
         })
       }
       const slots = alone ? PIPELINE * 2 : PIPELINE + table.sinks.length * (2 + PIPELINE)
-      return yield* makeRouter(table, sinks, slots)
+      const router = yield* makeRouter(table, sinks, slots)
+      // every sink's readiness as a gauge, once a second (the SQLite store also sets its own at once)
+      yield* router.status.pipe(
+        Effect.tap((all) => Effect.sync(() => all.forEach((s) => record(sinkHealthy(s.sink), s.health.ready ? 1 : 0)))),
+        Effect.repeat(Schedule.spaced("1 second")),
+        Effect.forkScoped
+      )
+      return router
     })
   )
   return router.pipe(

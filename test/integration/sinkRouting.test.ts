@@ -14,7 +14,7 @@ import { afterAll, afterEach, describe, expect, it } from "@effect/vitest"
 import * as Fs from "node:fs"
 import * as Path from "node:path"
 import { type Answer, Device, event, telemetry } from "../support/client.ts"
-import { cleanupChildren, spawnGateway, tempDir } from "../support/childGateway.ts"
+import { cleanupChildren, runToExit, spawnGateway, tempDir } from "../support/childGateway.ts"
 import { scrape, metricValue } from "../support/metrics.ts"
 import { requireNatsServer, startNatsServer, stopAllNatsServers, type NatsServer } from "../support/natsServer.ts"
 import { readStream } from "../support/natsStream.ts"
@@ -201,4 +201,19 @@ describe("sink routing", () => {
     const later = await open(g2.port, "meter-1")
     expect(later.welcome["lastSeq"]).toBe(7)
   }, 60_000)
+
+  it("a bad GATEWAY_SINK or routes file stops the start with one line naming it, exit 78", async () => {
+    const dataDir = tempDir("gw-route-")
+    const routes = Path.join(dataDir, "..", "routes.json")
+    Fs.writeFileSync(routes, JSON.stringify({ routes: [{ kinds: ["event"], sinks: ["kafka"] }] }))
+    for (const [env, line] of [
+      [{ GATEWAY_SINK: "sqlite,kafka" }, /^invalid configuration: GATEWAY_SINK: expected sqlite, nats, postgres/],
+      [{ GATEWAY_ROUTES_FILE: routes }, /^invalid configuration: GATEWAY_ROUTES_FILE: .*routes\.json: /]
+    ] as const) {
+      const run = await runToExit(dataDir, env)
+      expect(run.code).toBe(78)
+      const errors = logLines(run.output).filter((l) => l.level === "ERROR").map(messageOf)
+      expect(errors).toEqual([expect.stringMatching(line)])
+    }
+  })
 })

@@ -30,7 +30,7 @@ import * as Url from "node:url"
 import { Worker } from "node:worker_threads"
 import type { Envelope } from "../../domain/Envelope.ts"
 import { PermanentPersistenceError, TransientUpstreamError } from "../../domain/Errors.ts"
-import { record } from "../../observability/Metrics.ts"
+import { record, sinkHealthy } from "../../observability/Metrics.ts"
 import type { DeadLetter } from "../DeadLetters.ts"
 import { Outcome } from "../Outcome.ts"
 import { check as checkStore, type CheckReply } from "./SqliteCheck.ts"
@@ -119,10 +119,7 @@ const SMALL_PROBE_BYTES = 64
 export const PROBE_EVERY_MS = 1_000
 
 /** 1 while the sink takes writes (what `/readyz` reports), 0 otherwise. */
-const healthyGauge = Metric.gauge("gateway_sink_healthy", {
-  description: "1 while the sink takes writes (readiness), 0 while its last write failed or its store is corrupt or lost",
-  attributes: { sink: "sqlite" }
-})
+const healthyGauge = sinkHealthy("sqlite")
 
 const faultCounters = new Map<Fault, Metric.Metric<number, unknown>>()
 /** Failed store writes (batches, dead letters, probes) by fault: full, io, corrupt, readonly, busy, lost, other. */
