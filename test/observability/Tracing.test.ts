@@ -75,6 +75,10 @@ describe("tracing", () => {
     const linked = batches.flatMap((b) => b.links ?? []).map((l) => l.spanId)
     expect(linked).toContain(continued!.spanId)
     expect(c.spans.some((s) => s.name === "gateway.connection")).toBe(true)
+    // each sink's write has a span of its own, linked to the batches it wrote
+    const writes = c.spans.filter((s) => s.name === "sink.write")
+    expect(writes.length).toBeGreaterThanOrEqual(1)
+    expect(writes.flatMap((w) => w.links ?? []).length).toBeGreaterThanOrEqual(1)
     // every stage of the persistence pipeline gets a span per chunk, inside the batch span
     for (const name of ["stage threshold", "stage commit"]) {
       const stageSpans = c.spans.filter((s) => s.name === name)

@@ -8,7 +8,7 @@
  * `stallMs`. With one sink there is nothing else to hold up, and its queue pushes back instead
  * (`stallMs` infinite): the lanes fill and their overload policy applies.
  */
-import { Deferred, Effect, Queue, type Scope, Stream } from "effect"
+import { Deferred, Effect, Option, Queue, type Scope, Stream, type Tracer } from "effect"
 import type { Envelope } from "../../domain/Envelope.ts"
 import { type BatchResult, MessageOutcome, type SinkDriver, SinkError, type SinkHealth } from "../Contract.ts"
 
@@ -37,6 +37,8 @@ export interface SinkQueue {
 interface Share {
   readonly batch: ReadonlyArray<Envelope>
   readonly done: Deferred.Deferred<BatchResult, SinkError>
+  /** The span of the batch it came from (the write's span links it), when tracing. */
+  readonly span: Tracer.AnySpan | undefined
 }
 
 /** Every message of `size` answered Unavailable for `reason`. */
@@ -65,7 +67,10 @@ export const makeSinkQueue = (driver: SinkDriver, settings: SinkQueueSettings): 
     const writeMerged = (shares: ReadonlyArray<Share>) => {
       const batch: Array<Envelope> = []
       for (const s of shares) for (const e of s.batch) batch.push(e)
+      const links: Array<Tracer.SpanLink> = []
+      for (const s of shares) if (s.span !== undefined) links.push({ span: s.span, attributes: {} })
       return driver.write(batch).pipe(
+        Effect.withSpan("sink.write", { kind: "client", links, attributes: { "sink.name": driver.name, "batch.size": batch.length } }),
         Effect.exit,
         Effect.flatMap((exit) =>
           Effect.sync(() => {
@@ -110,10 +115,10 @@ export const makeSinkQueue = (driver: SinkDriver, settings: SinkQueueSettings): 
     const behind = (ms: number) => `sink ${driver.name} is behind (its queue full for ${Math.round(ms)} ms)`
 
     const submit = (batch: ReadonlyArray<Envelope>): Effect.Effect<BatchResult, SinkError> =>
-      Effect.suspend(() => {
+      Effect.flatMap(Effect.option(Effect.currentParentSpan), (parent) => {
         if (batch.length === 0) return Effect.succeed({ outcomes: new Uint8Array(0), reasons: new Map() })
         const done = Deferred.makeUnsafe<BatchResult, SinkError>()
-        const share: Share = { batch, done }
+        const share: Share = { batch, done, span: Option.getOrUndefined(parent) }
         if (Queue.offerUnsafe(queue, share)) {
           fullSince = undefined
           return Deferred.await(done)
