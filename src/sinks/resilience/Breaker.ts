@@ -6,7 +6,8 @@
  * still fail at once); if it succeeds the breaker closes, else it opens again for twice as long
  * (at most 60 s). The state is a gauge (`gateway_sink_breaker_state{sink}`: 0 closed, 1
  * half-open, 2 open), each transition one log line, and an open breaker makes the sink not
- * ready, with the last failure as the reason.
+ * ready, with the last failure as the reason, until its wait is over (then the sink's own health
+ * decides, so that an idle gateway becomes ready again without traffic).
  */
 import { Effect, Metric } from "effect"
 import { record } from "../../observability/Metrics.ts"
@@ -108,8 +109,10 @@ export const withBreaker = (driver: SinkDriver, policy: BreakerPolicy): BrokenDr
       )
     })
 
+  // once the wait is over the next batch is a trial: readiness is the sink's own again (an idle
+  // gateway, which a load balancer sends nothing while not ready, must not wait for traffic)
   const health: Effect.Effect<SinkHealth> = Effect.suspend(() =>
-    state === "closed"
+    state !== "open" || performance.now() >= openUntil
       ? driver.health
       : Effect.succeed<SinkHealth>({ ready: false, reason: lastFailure?.reason ?? "unavailable", message: refused().message })
   )

@@ -46,6 +46,9 @@ describe("Breaker", () => {
     expect(s.calls).toBe(3)
     const health = await Effect.runPromise(b.health)
     expect(health.ready).toBe(false)
+    s.down = false
+    expect((await Effect.runPromise(b.health)).ready).toBe(false) // still waiting: not ready, even with the sink back
+    s.down = true
     // the wait over: a failed trial opens it again, for twice as long
     await new Promise((r) => setTimeout(r, 50))
     expect((await attempt())._tag).toBe("Failure")
@@ -56,6 +59,9 @@ describe("Breaker", () => {
     expect(s.calls).toBe(4)
     await new Promise((r) => setTimeout(r, 40))
     s.down = false
+    // the wait over, readiness is the sink's own (an idle gateway needs no traffic to become ready)
+    expect((await Effect.runPromise(b.health)).ready).toBe(true)
+    expect(b.state()).toBe("open")
     expect((await attempt())._tag).toBe("Success")
     expect(b.state()).toBe("closed")
     expect((await Effect.runPromise(b.health)).ready).toBe(true)
