@@ -13,7 +13,11 @@ const LOAD = [
   "test/admission/StartFailures.test.ts",
   "test/admission/AttackRegressions.test.ts",
   "test/sinks/nats/JetStreamChaos.test.ts",
-  "test/sinks/nats/JetStreamCluster.test.ts"
+  "test/sinks/nats/JetStreamCluster.test.ts",
+  "test/sinks/postgres/PostgresChaos.test.ts",
+  "test/sinks/outbox/OutboxChaos.test.ts",
+  "test/sinks/contract/nats.contract.test.ts",
+  "test/sinks/contract/postgres.contract.test.ts"
 ]
 
 export default defineConfig({
