@@ -220,13 +220,33 @@ export const prepareNatsServer = async (options: NatsServerOptions = {}): Promis
   return server
 }
 
-/** Starts one private server and waits until it is ready. */
-export const startNatsServer = async (options: NatsServerOptions = {}): Promise<NatsServer> => {
-  const server = await prepareNatsServer(options)
-  server.start()
-  await server.ready()
-  return server
+/** True when a start failed because a port picked free was taken meanwhile (another process bound it first). */
+const portTaken = (error: unknown) => error instanceof Error && /address already in use/i.test(error.message)
+
+/** Up to 3 starts while the ports picked free are taken before the server binds them. */
+const retryTakenPorts = async <A>(start: () => Promise<A>, portsPicked = true): Promise<A> => {
+  for (let attempt = 1;; attempt++) {
+    try {
+      return await start()
+    } catch (error) {
+      if (!portsPicked || attempt >= 3 || !portTaken(error)) throw error
+    }
+  }
 }
+
+/** Starts one private server and waits until it is ready (on other free ports if one was taken meanwhile). */
+export const startNatsServer = (options: NatsServerOptions = {}): Promise<NatsServer> =>
+  retryTakenPorts(async () => {
+    const server = await prepareNatsServer(options)
+    server.start()
+    try {
+      await server.ready()
+    } catch (error) {
+      await server.stop()
+      throw error
+    }
+    return server
+  }, options.port === undefined && options.monitorPort === undefined)
 
 /** A cluster of private servers on loopback, every member routed to every other. */
 export interface NatsCluster {
@@ -237,7 +257,10 @@ export interface NatsCluster {
 }
 
 /** Starts `size` servers (JetStream on) as one cluster and waits until every member is ready. */
-export const startNatsCluster = async (size = 3, extraConfig?: string): Promise<NatsCluster> => {
+export const startNatsCluster = (size = 3, extraConfig?: string): Promise<NatsCluster> =>
+  retryTakenPorts(() => startClusterOnce(size, extraConfig))
+
+const startClusterOnce = async (size: number, extraConfig: string | undefined): Promise<NatsCluster> => {
   const routePorts: Array<number> = []
   for (let i = 0; i < size; i++) routePorts.push(await freePort())
   const clusterName = `gw-cluster-${process.pid}-${routePorts[0]}`
@@ -250,7 +273,12 @@ export const startNatsCluster = async (size = 3, extraConfig?: string): Promise<
     }))
   }
   for (const m of members) m.start()
-  await Promise.all(members.map((m) => m.ready(30_000)))
+  try {
+    await Promise.all(members.map((m) => m.ready(30_000)))
+  } catch (error) {
+    await Promise.all(members.map((m) => m.stop()))
+    throw error
+  }
   return {
     servers: members,
     urls: members.map((m) => m.url).join(","),

@@ -50,16 +50,17 @@ describe.runIf(hasNatsServer)("JetStreamSink on a 3-node cluster", () => {
       expect(sink.stream()).toMatchObject({ replicas: 3, created: true })
       yield* healthBecomes(sink, true, 10_000)
 
-      const all: Array<Envelope> = []
-      for (let d = 0; d < 20; d++) {
-        for (let s = 1; s <= 600; s++) all.push(s % 50 === 0 ? eventEnvelope(`dev-${d}`, s, "door") : telemetryEnvelope(`dev-${d}`, s))
-      }
-      const load = yield* Effect.forkChild(commitAll(sink, all, { batchSize: 250, retryMs: 100, deadlineMs: 90_000, idOf: messageId }))
-
-      yield* Effect.sleep("700 millis")
+      // the leader is found before the load (asking takes seconds): the kill must land inside it
       const leader = yield* leaderOf(c.urls, "DEVICES")
       const victim = c.servers.find((s) => s.name === leader)
       if (victim === undefined) return yield* Effect.die(new Error(`leader ${leader} is not a member`))
+      const all: Array<Envelope> = []
+      for (let d = 0; d < 20; d++) {
+        for (let s = 1; s <= 1_500; s++) all.push(s % 50 === 0 ? eventEnvelope(`dev-${d}`, s, "door") : telemetryEnvelope(`dev-${d}`, s))
+      }
+      const load = yield* Effect.forkChild(commitAll(sink, all, { batchSize: 250, retryMs: 100, deadlineMs: 90_000, idOf: messageId }))
+
+      yield* Effect.sleep("300 millis")
       yield* Effect.promise(() => victim.kill())
       const killedAt = Date.now()
       const survivors = c.servers.filter((s) => s !== victim).map((s) => s.url).join(",")
