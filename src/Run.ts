@@ -33,6 +33,7 @@ const startFailure = (error: unknown) => {
   if (isTagged(error, "TlsFileError")) return cannotStart(`invalid configuration: ${error.message}`, EX_CONFIG)
   if (isTagged(error, "NatsStartError")) return cannotStart(`invalid configuration: ${lineOf(error)}`, EX_CONFIG) // src/sinks/nats
   if (isTagged(error, "AuthConfigError")) return cannotStart(`invalid configuration: ${error.message}`, EX_CONFIG) // src/auth/AuthConfigError.ts
+  if (isTagged(error, "PostgresStartError")) return cannotStart(`invalid configuration: ${lineOf(error)}`, EX_CONFIG) // src/sinks/postgres
   if (isTagged(error, "RoutesError")) return cannotStart(`invalid configuration: ${error.message}`, EX_CONFIG) // src/sinks/routing/Routes.ts
   return cannotStart(`cannot start: ${reasonOf(error)}`, 1)
 }

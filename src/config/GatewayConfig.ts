@@ -3,9 +3,10 @@
  * DESIGN.md's operating interface). A bad value fails at start with one line that names the
  * variable and what it expected ({@link describeConfigError}).
  */
-import { Config, ConfigProvider, Context, Effect, Layer, Option, Schema } from "effect"
+import { Config, ConfigProvider, Context, Effect, Layer, Option, Redacted, Schema } from "effect"
 import * as Os from "node:os"
 import { parseNatsUrl } from "../sinks/nats/NatsUrl.ts"
+import { libpqConfig } from "../sinks/postgres/PostgresSettings.ts"
 
 /** Decimal integers only: `0x10`, `1e3` or ` 7` are refused, not read as numbers. */
 const int = (name: string, fallback: number, min: number, max = Number.MAX_SAFE_INTEGER) =>
@@ -137,7 +138,18 @@ export const gatewayConfig = Config.all({
   natsDuplicateWindowMs: int("NATS_DUPLICATE_WINDOW_MS", 120_000, 1_000, 7 * 24 * 3_600_000),
   natsReplicas: int("NATS_REPLICAS", 1, 1, 5),
   /** Every publish waits at most this long for its PubAck (a hung server is detected). */
-  natsAckTimeoutMs: int("NATS_ACK_TIMEOUT_MS", 5_000, 100, 600_000)
+  natsAckTimeoutMs: int("NATS_ACK_TIMEOUT_MS", 5_000, 100, 600_000),
+  /** PostgreSQL sink (sinks/postgres/): libpq URI; the PG* libpq variables fill what it leaves out. Redacted: it may hold a password. */
+  databaseUrl: Config.Redacted("DATABASE_URL").pipe(Config.withDefault(Redacted.make(""))),
+  libpq: libpqConfig,
+  /** The messages table, `name` or `schema.name`, created at start when missing. */
+  pgTable: Config.String("PG_TABLE").pipe(Config.withDefault("messages")),
+  /** The server's statement_timeout, and (plus a second) the client's deadline for an answer. */
+  pgStatementTimeoutMs: int("PG_STATEMENT_TIMEOUT_MS", 5_000, 100, 600_000),
+  /** The longest wait for a new connection. */
+  pgConnectTimeoutMs: int("PG_CONNECT_TIMEOUT_MS", 5_000, 100, 600_000),
+  /** Connections kept open (batches written at once). */
+  pgPoolSize: int("PG_POOL_SIZE", 4, 1, 64)
 })
 
 /** Default memory budget: an eighth of the machine's memory, between 64 MiB and 512 MiB. */

@@ -15,7 +15,9 @@ import { natsSettingsOf } from "./nats/NatsSettings.ts"
 import { withBreaker } from "./resilience/Breaker.ts"
 import { retryPolicy, withRetry } from "./resilience/Retry.ts"
 import { type RoutedSink, makeRouter, Router } from "./routing/Router.ts"
-import { compile, parseSinkList, readRoutesFile, RoutesError, type RouteTable, type SinkName } from "./routing/Routes.ts"
+import { compile, parseSinkList, readRoutesFile, type RouteTable, type SinkName } from "./routing/Routes.ts"
+import { makePostgresSink } from "./postgres/PostgresSink.ts"
+import { postgresSettingsOf } from "./postgres/PostgresSettings.ts"
 import { makeSinkQueue } from "./routing/SinkQueue.ts"
 import { deadLettersItself, sqliteDriver } from "./sqlite/SqliteDriver.ts"
 import * as SqliteSink from "./sqlite/SqliteSink.ts"
@@ -64,7 +66,7 @@ export const layer = Layer.unwrap(Effect.gen(function*() {
           ? sqliteDriver(store)
           : name === "nats"
           ? yield* makeJetStreamSink(natsSettingsOf(c))
-          : yield* new RoutesError({ message: "GATEWAY_SINK: the postgres sink is not built yet" })
+          : yield* makePostgresSink(postgresSettingsOf(c))
         const retried = withRetry(driver, retryPolicy(c.storeRetries))
         const guarded = remote ? withBreaker(retried, { failures: c.breakerFailures, openMs: c.breakerOpenMs }) : undefined
         const queue = yield* makeSinkQueue(guarded ?? retried, queueSettings(remote))
