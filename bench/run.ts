@@ -22,6 +22,14 @@
  *   the CPU share of the load generator and of the server's process tree
  * - `nats`: the JetStream sink driver next to a bare pipelined publisher into the same stream,
  *   on a private nats-server (bench/nats.ts)
+ * - `postgres`: the PostgreSQL sink driver next to a bare batched INSERT loop (same statement,
+ *   table and batch size, no Effect), taking turns, on the shared server (bench/postgres.ts)
+ * - `outbox`: the store-and-forward outbox around the JetStream sink: the server killed for 5 s
+ *   under a load at half the sink's rate, time to drain after the restart, the stream audited;
+ *   the Stream forwarder vs a plain loop (bench/outbox.ts)
+ * - `sinks`: the throughput and latency loads against the raw baseline and the gateway writing to
+ *   each sink in turn (SQLite, NATS JetStream on a private server, PostgreSQL, SQLite + NATS),
+ *   end to end (bench/sinks.ts)
  * - `ratelimit`: per-device rate limiting cost in ns per message (in process; bench/ratelimit.ts)
  * - `tls`: the throughput load against the raw baseline over node:net and node:tls and the gateway
  *   over plain TCP, TLS and mutual TLS (one client certificate per device), `--rounds` (1) times
@@ -40,6 +48,9 @@ import { measure } from "./measure.ts"
 import { fmt, gatewayArgv, gatewayEnv, type NodeFlags, removeDir, startServer, tempDir } from "./proc.ts"
 import { rateLimitTable, runRateLimitBench } from "./ratelimit.ts"
 import { natsTable, runNatsBench } from "./nats.ts"
+import { postgresTable, runPostgresBench } from "./postgres.ts"
+import { outboxTable, runOutboxBench } from "./outbox.ts"
+import { runSinksBench, sinksTable } from "./sinks.ts"
 import { runStageBench, stageTable } from "./stages.ts"
 import { runStorm, stormTable } from "./storm.ts"
 import { hasOpenssl } from "./pki.ts"
@@ -69,7 +80,7 @@ const flags: NodeFlags = {
   semiSpaceMb: Number(args["semi-space"]),
   oldSpaceMb: args["old-space"] === undefined ? undefined : Number(args["old-space"])
 }
-const SCENARIOS = ["stages", "throughput", "latency", "storm", "idle", "burst", "workers", "ratelimit", "tls", "tls-storm", "nats"] as const
+const SCENARIOS = ["stages", "throughput", "latency", "storm", "idle", "burst", "workers", "ratelimit", "tls", "tls-storm", "nats", "postgres", "outbox", "sinks"] as const
 const only = args.only === undefined ? undefined : new Set(args.only.split(",").map((s) => s.trim()))
 for (const name of only ?? []) {
   if (!(SCENARIOS as ReadonlyArray<string>).includes(name)) {
@@ -198,6 +209,14 @@ const main = async () => {
     emit([tlsTable(await runTls(o), o)])
   }
   if (wanted("nats")) emit([natsTable(await runNatsBench())])
+  if (wanted("postgres")) emit([postgresTable(await runPostgresBench())])
+  if (wanted("outbox")) emit([outboxTable(await runOutboxBench())])
+  if (wanted("sinks")) {
+    for (const name of ["throughput", "latency"] as const) {
+      const load = { ...loads[name], devicePrefix: `sk-${name}` }
+      emit(sinksTable(heading(name, load).replace(/^\n### /, ""), await runSinksBench(load, flags)))
+    }
+  }
   if (wanted("tls-storm") && !hasOpenssl()) emit([noOpenssl("tls-storm")])
   else if (wanted("tls-storm")) {
     const devices = Number(args.devices ?? 5_000)

@@ -42,6 +42,14 @@ export const gatewayConfig = Config.all({
   breakerFailures: int("GATEWAY_BREAKER_FAILURES", 5, 1, 1_000),
   /** Milliseconds an open breaker waits before a trial batch (doubled after each failed trial, at most 60 s). */
   breakerOpenMs: int("GATEWAY_BREAKER_OPEN_MS", 5_000, 10, 600_000),
+  /** Store and forward for remote sinks (sinks/outbox/): what they cannot take now is committed to a local outbox and forwarded later. */
+  outbox: Config.Literals(["on", "off"], "GATEWAY_OUTBOX").pipe(Config.withDefault("on" as const)),
+  /** Bytes of stored envelopes per outbox (per remote sink and process) at most; past it: nack unavailable. */
+  outboxMaxBytes: int("GATEWAY_OUTBOX_MAX_BYTES", 512 * 1024 * 1024, 1024 * 1024),
+  /** Messages per outbox at most. */
+  outboxMaxMessages: int("GATEWAY_OUTBOX_MAX_MESSAGES", 5_000_000, 1),
+  /** Messages per forwarded write. */
+  outboxDrainBatch: int("GATEWAY_OUTBOX_DRAIN_BATCH", 2_000, 1, 100_000),
   /** Milliseconds a sink's full queue may hold up a batch when there are several sinks (then: nack unavailable). */
   sinkStallMs: int("GATEWAY_SINK_STALL_MS", 1_000, 1, 600_000),
   devicesFile: Config.option(Config.String("GATEWAY_DEVICES")),

@@ -21,8 +21,11 @@ const readiness = Layer.unwrap(Effect.gen(function*() {
     "/readyz",
     Effect.gen(function*() {
       if (lifecycle.isDraining()) return HttpServerResponse.text("draining\n", { status: 503 })
-      const down = (yield* router.status).filter((s) => !s.health.ready)
-      if (down.length === 0) return HttpServerResponse.text("ready\n")
+      const all = yield* router.status
+      const down = all.filter((s) => !s.health.ready)
+      // ready, and what is not as usual (a sink whose outbox takes its messages, a breaker not closed)
+      const degraded = all.flatMap((s) => (s.detail === undefined ? [] : [`sink ${s.sink}: ${s.detail}\n`]))
+      if (down.length === 0) return HttpServerResponse.text(["ready\n", ...degraded].join(""))
       const lines = down.map((s) => `sink ${s.sink} unavailable${s.health.ready ? "" : `: ${s.health.message}`}\n`)
       return HttpServerResponse.text(lines.join(""), { status: 503 })
     })

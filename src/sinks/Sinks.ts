@@ -4,7 +4,9 @@
  * routes name, each wrapped in its retries (and, for a remote sink, its circuit breaker) and put
  * behind its own queue, and the router over them.
  */
-import { Effect, Layer, Schedule } from "effect"
+import { Effect, Layer, Option, Schedule } from "effect"
+import * as Path from "node:path"
+import { workerIndex } from "../cluster/WorkerLink.ts"
 import { record, sinkHealthy } from "../observability/Metrics.ts"
 import { GatewayConfig } from "../config/GatewayConfig.ts"
 import type { SinkDriver } from "./Contract.ts"
@@ -12,7 +14,9 @@ import { DeadLetters } from "./DeadLetters.ts"
 import { DeviceState } from "./DeviceState.ts"
 import { makeJetStreamSink } from "./nats/JetStreamSink.ts"
 import { natsSettingsOf } from "./nats/NatsSettings.ts"
-import { withBreaker } from "./resilience/Breaker.ts"
+import { type OutboxedDriver, withOutbox } from "./outbox/Outbox.ts"
+import { outboxSettings } from "./outbox/OutboxSettings.ts"
+import { type BrokenDriver, withBreaker } from "./resilience/Breaker.ts"
 import { retryPolicy, withRetry } from "./resilience/Retry.ts"
 import { type RoutedSink, makeRouter, Router } from "./routing/Router.ts"
 import { compile, parseSinkList, readRoutesFile, type RouteTable, type SinkName } from "./routing/Routes.ts"
@@ -21,6 +25,12 @@ import { postgresSettingsOf } from "./postgres/PostgresSettings.ts"
 import { makeSinkQueue } from "./routing/SinkQueue.ts"
 import { deadLettersItself, sqliteDriver } from "./sqlite/SqliteDriver.ts"
 import * as SqliteSink from "./sqlite/SqliteSink.ts"
+
+/**
+ * Of what an outbox stores, how much its forwarder also keeps in memory (not read back from the
+ * file): 8 MiB per remote sink, outside GATEWAY_MEMORY_BUDGET.
+ */
+export const OUTBOX_MEMORY_BYTES = 8 * 1024 * 1024
 
 /** Batches the persistence loop keeps with a lone sink (while it commits one, the next is on its way). */
 export const PIPELINE = 2
@@ -33,6 +43,22 @@ const routeTable = Effect.gen(function*() {
   const file = yield* readRoutesFile(c.routesFile.value)
   return compile(file.routes, file.default ?? sinks)
 })
+
+/** What `/readyz` adds about a remote sink that is not in its normal state (breaker not closed, outbox not empty). */
+const degradation = (breaker: BrokenDriver, outbox: OutboxedDriver | undefined): Effect.Effect<string | undefined> =>
+  Effect.map(outbox?.depth ?? Effect.succeed(undefined), (depth) => {
+    const parts: Array<string> = []
+    if (breaker.state() !== "closed") parts.push(`breaker ${breaker.state()}`)
+    if (depth !== undefined && depth.messages > 0) {
+      const age = depth.oldestAgeMs === undefined ? "" : `, oldest ${Math.round(depth.oldestAgeMs / 1000)} s`
+      parts.push(`outbox ${depth.messages} messages${age}`)
+    }
+    return parts.length === 0 ? undefined : parts.join("; ")
+  })
+
+/** A remote sink's outbox file: one per sink and process (each worker of a node has its own). */
+const outboxFile = (dataDir: string, sink: SinkName, worker: number | undefined) =>
+  Path.join(dataDir, worker === undefined ? `outbox-${sink}.db` : `outbox-${sink}-w${worker}.db`)
 
 /** True when SQLite is the only sink: its batches then raise the device states themselves. */
 const sqliteAlone = (table: RouteTable) => table.sinks.length === 1 && table.sinks[0] === "sqlite"
@@ -48,9 +74,11 @@ export const layer = Layer.unwrap(Effect.gen(function*() {
     statesInBatch: sqliteAlone(table)
   })
   const alone = table.sinks.length === 1
-  const queueSettings = (remote: boolean) => ({
+  // an outboxed sink writes one batch at a time (what gathers meanwhile is merged into the next):
+  // two in flight could fail in either order and reach the outbox, and the sink, out of order
+  const queueSettings = (remote: boolean, outboxed: boolean) => ({
     capacity: alone ? 2 : 2,
-    inFlight: PIPELINE,
+    inFlight: outboxed ? 1 : PIPELINE,
     // the embedded store's writer thread has a heap sized for one batch: never merged
     maxMerge: remote ? c.batchMax : 1,
     stallMs: alone ? Infinity : c.sinkStallMs
@@ -59,6 +87,8 @@ export const layer = Layer.unwrap(Effect.gen(function*() {
     Router,
     Effect.gen(function*() {
       const store = yield* SqliteSink.LocalStore
+      const deadLetters = yield* DeadLetters
+      const worker = Option.getOrUndefined(yield* workerIndex)
       const sinks = new Map<SinkName, RoutedSink>()
       for (const name of table.sinks) {
         const remote = name !== "sqlite"
@@ -69,11 +99,22 @@ export const layer = Layer.unwrap(Effect.gen(function*() {
           : yield* makePostgresSink(postgresSettingsOf(c))
         const retried = withRetry(driver, retryPolicy(c.storeRetries))
         const guarded = remote ? withBreaker(retried, { failures: c.breakerFailures, openMs: c.breakerOpenMs }) : undefined
-        const queue = yield* makeSinkQueue(guarded ?? retried, queueSettings(remote))
+        const outboxed = guarded !== undefined && c.outbox === "on"
+          ? yield* withOutbox(guarded, outboxSettings(outboxFile(c.dataDir, name, worker), {
+            maxBytes: c.outboxMaxBytes,
+            maxMessages: c.outboxMaxMessages,
+            drainBatch: c.outboxDrainBatch,
+            synchronous: c.sqliteSync,
+            memoryBytes: OUTBOX_MEMORY_BYTES
+          }), (records) => deadLetters.write(records).pipe(Effect.catch((e) =>
+            Effect.logWarning("dead letters not stored").pipe(Effect.annotateLogs({ count: records.length, error: e.message }))
+          )))
+          : undefined
+        const queue = yield* makeSinkQueue(outboxed ?? guarded ?? retried, queueSettings(remote, outboxed !== undefined))
         sinks.set(name, {
           queue,
           deadLettersItself: name === "sqlite" && deadLettersItself,
-          ...(guarded ? { detail: Effect.sync(() => `breaker ${guarded.state()}`) } : {})
+          ...(guarded ? { detail: degradation(guarded, outboxed) } : {})
         })
       }
       const slots = alone ? PIPELINE * 2 : PIPELINE + table.sinks.length * (2 + PIPELINE)

@@ -34,7 +34,7 @@ const server = async (extraConfig?: string) => {
   return s
 }
 
-const natsEnv = (s: NatsServer) => ({ GATEWAY_SINK: "nats", NATS_URL: s.url, NATS_STREAM_CREATE: "true", NATS_ACK_TIMEOUT_MS: "2000" })
+const natsEnv = (s: NatsServer) => ({ GATEWAY_SINK: "nats", NATS_URL: s.url, NATS_STREAM_CREATE: "true", NATS_ACK_TIMEOUT_MS: "2000", GATEWAY_OUTBOX: "off" })
 
 const open = async (port: number, id: string) => {
   const { d } = await Device.open(port, id)

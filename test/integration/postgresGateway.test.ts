@@ -47,7 +47,7 @@ const until = async (what: string, ms: number, probe: () => Promise<boolean>) =>
   }
 }
 
-const pgEnv = (s: PostgresServer) => ({ GATEWAY_SINK: "postgres", DATABASE_URL: s.url, PG_STATEMENT_TIMEOUT_MS: "2000", GATEWAY_STORE_RETRIES: "1" })
+const pgEnv = (s: PostgresServer) => ({ GATEWAY_SINK: "postgres", DATABASE_URL: s.url, PG_STATEMENT_TIMEOUT_MS: "2000", GATEWAY_STORE_RETRIES: "1", GATEWAY_OUTBOX: "off" })
 
 const stored = async (s: PostgresServer, device: string) =>
   (await Effect.runPromise(query(s.url, "SELECT seq::int AS seq, kind, traceparent, body FROM messages WHERE device = $1 ORDER BY seq", [device])))

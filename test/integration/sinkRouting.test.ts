@@ -43,7 +43,7 @@ const server = async () => {
   return s
 }
 
-const natsEnv = (s: NatsServer) => ({ NATS_URL: s.url, NATS_STREAM_CREATE: "true", NATS_ACK_TIMEOUT_MS: "1000", GATEWAY_STORE_RETRIES: "1" })
+const natsEnv = (s: NatsServer) => ({ NATS_URL: s.url, NATS_STREAM_CREATE: "true", NATS_ACK_TIMEOUT_MS: "1000", GATEWAY_STORE_RETRIES: "1", GATEWAY_OUTBOX: "off" })
 
 const open = async (port: number, id: string) => {
   const { d, welcome } = await Device.open(port, id)
