@@ -48,11 +48,18 @@ export const insertSql = (quoted: string): string =>
   `$5::int8[], $6::int8[], $7::text[], $8::text[], $9::text[], $10::text[]) AS t(d, e, s, k, dt, ra, g, tp, b, a) ` +
   `ON CONFLICT (device, epoch, seq) DO NOTHING RETURNING device, epoch, seq`
 
+/** Which of the keys ($1 devices, $2 epochs, $3 seqs) `quoted` holds: the check of the keys an INSERT did not return. */
+export const existingSql = (quoted: string): string =>
+  `SELECT device, epoch, seq FROM ${quoted} WHERE (device, epoch, seq) IN ` +
+  `(SELECT * FROM unnest($1::text[], $2::int8[], $3::int8[]))`
+
 /**
  * The probe ($1: the quoted table): fails when the table is gone; answers whether the server is
- * a read-only standby and whether the user may insert.
+ * a read-only standby, or its sessions read-only (`default_transaction_read_only`), and whether
+ * the user may insert.
  */
-export const PROBE_SQL = "SELECT pg_is_in_recovery(), has_table_privilege($1::text, 'INSERT')"
+export const PROBE_SQL =
+  "SELECT pg_is_in_recovery() OR current_setting('transaction_read_only') = 'on', has_table_privilege($1::text, 'INSERT')"
 
 const createSql = (quoted: string, bare: string): string =>
   `CREATE TABLE IF NOT EXISTS ${quoted} (device text NOT NULL, epoch bigint NOT NULL, seq bigint NOT NULL, ` +

@@ -3,7 +3,8 @@
  * (PostgresSchema.ts, created at start when missing), the rows of a batch written by ONE
  * statement: the columns as arrays, unnested, `ON CONFLICT (device, epoch, seq) DO NOTHING
  * RETURNING` the keys it inserted. Outcomes per message: a key returned is Committed; a key not
- * returned is Duplicate (already in the table, whoever wrote it, or earlier in the same batch);
+ * returned is Duplicate when the table holds it (checked: a trigger or rule that drops rows returns
+ * nothing either, and those are Unavailable), whoever wrote it, or earlier in the same batch;
  * a message that cannot be a row (PostgresRows.ts) or that PostgreSQL refuses (a data or
  * constraint error, `22*`/`23*`: e.g. `\u0000` in a jsonb string) is Rejected ALONE: the batch is
  * retried in halves until the culprits are single rows (a few statements per bad row), and the
@@ -37,8 +38,8 @@ import type { Envelope } from "../../domain/Envelope.ts"
 import { type BatchResult, MessageOutcome, SinkError, type SinkDriver, type SinkFailure, type SinkHealth } from "../Contract.ts"
 import { classifyPgError, type PgErrorClass } from "./PostgresClassifier.ts"
 import { makePgPool, type PgSession } from "./PostgresPool.ts"
-import { insertedRows, paramsOf, prepareRows, type Rows, sliceRows } from "./PostgresRows.ts"
-import { insertSql, migrate, PROBE_SQL, quoteTable, SchemaPending, type TableFacts } from "./PostgresSchema.ts"
+import { insertedRows, keyOf, paramsOf, prepareRows, type Rows, sliceRows } from "./PostgresRows.ts"
+import { existingSql, insertSql, migrate, PROBE_SQL, quoteTable, SchemaPending, type TableFacts } from "./PostgresSchema.ts"
 import type { PostgresSettings } from "./PostgresSettings.ts"
 import { PostgresStartError } from "./PostgresStartError.ts"
 import { type PgTarget, targetOf } from "./PostgresUrl.ts"
@@ -102,6 +103,7 @@ export const makePostgresSink = (settings: PostgresSettings): Effect.Effect<Post
   Effect.gen(function*() {
     const { target, quoted } = yield* checkSettings(settings)
     const insert = insertSql(quoted)
+    const existing = existingSql(quoted)
     const scope = yield* Effect.scope
     let facts: TableFacts | undefined
     let problem: { readonly failure: SinkFailure; readonly message: string } = { failure: "unreachable", message: "connecting" }
@@ -182,16 +184,38 @@ export const makePostgresSink = (settings: PostgresSettings): Effect.Effect<Post
         }
         if (rows.positions.length === 0) return { outcomes, reasons }
 
-        const settle = (part: Rows, returned: ReadonlyArray<ReadonlyArray<unknown>>) => {
+        // a key the INSERT did not return is a duplicate only if the table holds it: a trigger or
+        // rule that drops rows returns nothing either, and those messages are not stored
+        const settle = (s: PgSession, part: Rows, returned: ReadonlyArray<ReadonlyArray<unknown>>): Effect.Effect<void, Stop> => {
           const inserted = insertedRows(part, returned)
+          const missing: Array<number> = []
           for (let r = 0; r < part.positions.length; r++) {
-            outcomes[part.positions[r] as number] = inserted[r] === 1 ? MessageOutcome.Committed : MessageOutcome.Duplicate
+            if (inserted[r] === 1) outcomes[part.positions[r] as number] = MessageOutcome.Committed
+            else missing.push(r)
           }
+          if (missing.length === 0) return Effect.void
+          const params = [missing.map((r) => part.device[r]!), missing.map((r) => part.epoch[r]!), missing.map((r) => part.seq[r]!)]
+          return pool.bounded(s, s.conn.queryValues(existing, params)).pipe(
+            Effect.mapError((e) => stopOf(e)),
+            Effect.flatMap((found) =>
+              Effect.sync(() => {
+                const there = new Set(found.map((k) => keyOf(String(k[0]), k[1], k[2])))
+                for (const r of missing) {
+                  const i = part.positions[r] as number
+                  if (there.has(keyOf(part.device[r]!, part.epoch[r], part.seq[r]))) outcomes[i] = MessageOutcome.Duplicate
+                  else {
+                    outcomes[i] = MessageOutcome.Unavailable
+                    reasons.set(i, `not stored: the INSERT neither wrote the row nor found it (a trigger or rule on ${facts?.name ?? settings.table}?)`)
+                  }
+                }
+              })
+            )
+          )
         }
         const insertPart = (s: PgSession, part: Rows): Effect.Effect<void, Stop> =>
           pool.bounded(s, s.conn.queryValues(insert, paramsOf(part))).pipe(
             Effect.matchEffect({
-              onSuccess: (returned) => Effect.sync(() => settle(part, returned)),
+              onSuccess: (returned) => settle(s, part, returned),
               onFailure: (e): Effect.Effect<void, Stop> => {
                 const c = classifyPgError(e)
                 if (c.outcome === "failed") return Effect.fail(c)
@@ -255,7 +279,7 @@ export const makePostgresSink = (settings: PostgresSettings): Effect.Effect<Post
           const r = rows[0] ?? []
           return observe(
             r[0] === true
-              ? { ready: false, reason: "unavailable", message: "the server is a read-only standby (in recovery)" }
+              ? { ready: false, reason: "unavailable", message: "the server takes no writes: a standby (in recovery) or read-only sessions" }
               : r[1] !== true
               ? { ready: false, reason: "misconfigured", message: `the user may not INSERT into ${facts?.name ?? settings.table}` }
               : { ready: true }

@@ -94,13 +94,13 @@ export const withBreaker = (driver: SinkDriver, policy: BreakerPolicy): BrokenDr
 
   const write: SinkDriver["write"] = (batch) =>
     Effect.suspend(() => {
-      if (state === "open" && performance.now() >= openUntil) {
-        return moveTo("half-open").pipe(Effect.andThen(write(batch)))
-      }
+      // state and the trial are decided here, before anything yields: two batches arriving
+      // together when the wait is over make one trial, not two
+      const announce = state === "open" && performance.now() >= openUntil ? moveTo("half-open") : Effect.void
       if (state === "open" || (state === "half-open" && trialRunning)) return Effect.fail(refused())
       const trial = state === "half-open"
       if (trial) trialRunning = true
-      return driver.write(batch).pipe(
+      return Effect.andThen(announce, driver.write(batch)).pipe(
         Effect.tapError((e) => failed(e, trial)),
         Effect.tap(() => succeeded),
         Effect.ensuring(Effect.sync(() => {

@@ -156,4 +156,17 @@ describe.runIf(sharedPostgresUp)("PostgresSink", () => {
       expect((yield* outcomesOf(sink, tracedEnvelopes("dev-h", 6, 5))).outcomes).toEqual(new Array(5).fill(Committed))
       expect((yield* storedKeys(db.url, table)).size).toBe(10)
     }))
+
+  it.live("a trigger that drops rows: the keys not returned and not in the table are Unavailable, never Duplicate (attack finding)", () =>
+    Effect.gen(function*() {
+      const { sink, table } = yield* freshSink()
+      expect((yield* outcomesOf(sink, tracedEnvelopes("dev-t", 1, 3))).outcomes).toEqual([Committed, Committed, Committed])
+      yield* query(db.url, `CREATE FUNCTION drop_${table}() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN RETURN NULL; END $$`)
+      yield* query(db.url, `CREATE TRIGGER drop_rows BEFORE INSERT ON ${table} FOR EACH ROW EXECUTE FUNCTION drop_${table}()`)
+      // 2 and 3 are in the table (duplicates); 4 and 5 are dropped by the trigger
+      const r = yield* outcomesOf(sink, tracedEnvelopes("dev-t", 2, 4))
+      expect(r.outcomes).toEqual([Duplicate, Duplicate, MessageOutcome.Unavailable, MessageOutcome.Unavailable])
+      expect(r.reasons.get(2)).toMatch(/not stored: .*trigger or rule/)
+      expect((yield* storedKeys(db.url, table)).size).toBe(3)
+    }))
 })

@@ -88,6 +88,18 @@ describe("Breaker", () => {
     expect(b.state()).toBe("closed")
   })
 
+  it("two batches arriving together when the wait is over make one trial, not two (attack finding)", async () => {
+    const { driver, s } = scripted()
+    const b = withBreaker(driver, { failures: 1, openMs: 10 })
+    await Effect.runPromise(Effect.result(b.write(batch)))
+    await new Promise((r) => setTimeout(r, 20))
+    s.down = false
+    const both = await Effect.runPromise(Effect.all([Effect.result(b.write(batch)), Effect.result(b.write(batch))], { concurrency: 2 }))
+    expect(both.map((r) => r._tag).sort()).toEqual(["Failure", "Success"])
+    expect(s.calls).toBe(2)
+    expect(b.state()).toBe("closed")
+  })
+
   it("failures that are not in a row do not open it", async () => {
     const { driver, s } = scripted()
     const b = withBreaker(driver, { failures: 2, openMs: 1_000 })
