@@ -94,6 +94,9 @@ describe("Breaker", () => {
     await Effect.runPromise(Effect.result(b.write(batch)))
     await new Promise((r) => setTimeout(r, 20))
     s.down = false
+    let release!: () => void
+    s.hold = new Promise((r) => (release = r)) // the trial is still running when the second arrives
+    setTimeout(() => release(), 20)
     const both = await Effect.runPromise(Effect.all([Effect.result(b.write(batch)), Effect.result(b.write(batch))], { concurrency: 2 }))
     expect(both.map((r) => r._tag).sort()).toEqual(["Failure", "Success"])
     expect(s.calls).toBe(2)
