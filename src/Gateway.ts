@@ -59,7 +59,7 @@ export const layer = <E = never>(
     Layer.provideMerge(
       Layer.mergeAll(Lanes.layer, Dedup.layer, SessionRegistry.layer, DeviceAuth.layer, stages)
     ),
-    Layer.provideMerge(Layer.mergeAll(Sinks.layer, Lifecycle.layer, MemoryBudget.layer, RuntimeMetrics.layer)),
+    Layer.provideMerge(Layer.mergeAll(Sinks.layer.pipe(Layer.provide(Lifecycle.layer)), Lifecycle.layer, MemoryBudget.layer, RuntimeMetrics.layer)),
     // below the sinks, so that their own fibers' spans (sink.write) are exported too, and flushed last
     Layer.provideMerge(tracing),
     Layer.provideMerge(config)

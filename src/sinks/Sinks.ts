@@ -4,7 +4,8 @@
  * routes name, each wrapped in its retries (and, for a remote sink, its circuit breaker) and put
  * behind its own queue, and the router over them.
  */
-import { Effect, Layer, Option, Schedule } from "effect"
+import { Effect, Exit, Fiber, Layer, Option, Schedule, Scope } from "effect"
+import { Lifecycle } from "../Lifecycle.ts"
 import * as Path from "node:path"
 import { workerIndex } from "../cluster/WorkerLink.ts"
 import { record, sinkHealthy } from "../observability/Metrics.ts"
@@ -56,6 +57,26 @@ const degradation = (breaker: BrokenDriver, outbox: OutboxedDriver | undefined):
     return parts.length === 0 ? undefined : parts.join("; ")
   })
 
+/**
+ * A remote driver in a scope of its own, whose closing (batches in flight waiting for their
+ * answers, the connection draining) is waited for only as long as the drain deadline leaves
+ * (at least 500 ms): a hung server must not hold the exit for its ack timeout. What is still
+ * closing then goes on in the background until the process exits.
+ */
+const withinDrain = <A, E>(make: Effect.Effect<A, E, Scope.Scope>) =>
+  Effect.gen(function*() {
+    const lifecycle = yield* Lifecycle
+    const scope = yield* Scope.make()
+    yield* Effect.addFinalizer(() =>
+      Effect.gen(function*() {
+        const left = Math.max(500, yield* lifecycle.remainingMs)
+        const closing = yield* Effect.forkDetach(Scope.close(scope, Exit.void))
+        yield* Fiber.await(closing).pipe(Effect.timeoutOption(left))
+      })
+    )
+    return yield* make.pipe(Scope.provide(scope))
+  })
+
 /** A remote sink's outbox file: one per sink and process (each worker of a node has its own). */
 const outboxFile = (dataDir: string, sink: SinkName, worker: number | undefined) =>
   Path.join(dataDir, worker === undefined ? `outbox-${sink}.db` : `outbox-${sink}-w${worker}.db`)
@@ -95,8 +116,8 @@ export const layer = Layer.unwrap(Effect.gen(function*() {
         const driver: SinkDriver = name === "sqlite"
           ? sqliteDriver(store)
           : name === "nats"
-          ? yield* makeJetStreamSink(natsSettingsOf(c))
-          : yield* makePostgresSink(postgresSettingsOf(c))
+          ? yield* withinDrain(makeJetStreamSink(natsSettingsOf(c)))
+          : yield* withinDrain(makePostgresSink(postgresSettingsOf(c)))
         const retried = withRetry(driver, retryPolicy(c.storeRetries))
         const guarded = remote ? withBreaker(retried, { failures: c.breakerFailures, openMs: c.breakerOpenMs }) : undefined
         const outboxed = guarded !== undefined && c.outbox === "on"

@@ -202,6 +202,26 @@ describe("sink routing", () => {
     expect(later.welcome["lastSeq"]).toBe(7)
   }, 60_000)
 
+  it("SIGTERM with NATS hung: the exit waits for the drain budget, not for the PubAck timeout (attack finding: 14.7 s for a 3 s budget)", async () => {
+    const s = await server()
+    const g = await spawnGateway(tempDir("gw-route-"), {
+      ...natsEnv(s),
+      GATEWAY_SINK: "nats",
+      NATS_ACK_TIMEOUT_MS: "20000",
+      GATEWAY_DRAIN_TIMEOUT_MS: "2000"
+    })
+    const { d } = await open(g.port, "pump-9")
+    d.send(telemetry(1))
+    expect((await d.take(1))[0]).toEqual(expect.objectContaining({ type: "ack" }))
+    await s.pause()
+    d.send(...Array.from({ length: 50 }, (_, i) => telemetry(i + 2)))
+    await sleep(300)
+    const stopping = performance.now()
+    g.child.kill("SIGTERM")
+    await new Promise((resolve) => g.child.once("exit", resolve))
+    expect(performance.now() - stopping).toBeLessThan(2_000 + 2_500) // the budget, its 500 ms floor, a loaded machine
+  }, 60_000)
+
   it("a bad GATEWAY_SINK or routes file stops the start with one line naming it, exit 78", async () => {
     const dataDir = tempDir("gw-route-")
     const routes = Path.join(dataDir, "..", "routes.json")
