@@ -15,6 +15,7 @@ import { metricValue, scrape } from "../support/metrics.ts"
 import { requireNatsServer, startNatsServer, stopAllNatsServers, type NatsServer } from "../support/natsServer.ts"
 import { readStream } from "../support/natsStream.ts"
 import { logLines, messageOf } from "../support/process.ts"
+import { readyz, sleep, until } from "../support/poll.ts"
 
 requireNatsServer("The outbox tests")
 
@@ -27,20 +28,8 @@ afterEach(async () => {
 })
 afterAll(stopAllNatsServers)
 
-const sleep = (ms: number) => new Promise<void>((resolve) => setTimeout(resolve, ms))
 
-const until = async (what: string, ms: number, probe: () => Promise<boolean>) => {
-  const deadline = Date.now() + ms
-  while (!(await probe())) {
-    if (Date.now() > deadline) throw new Error(`${what}: not within ${ms} ms`)
-    await sleep(100)
-  }
-}
 
-const readyz = async (adminPort: number) => {
-  const r = await fetch(`http://127.0.0.1:${adminPort}/readyz`)
-  return { status: r.status, body: await r.text() }
-}
 
 const env = (s: NatsServer) => ({
   GATEWAY_SINK: "nats",

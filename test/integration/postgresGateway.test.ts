@@ -14,6 +14,7 @@ import { cleanupChildren, runToExit, spawnGateway, tempDir } from "../support/ch
 import { requirePostgresServer, startPostgresServer, stopAllPostgresServers, type PostgresServer } from "../support/postgresServer.ts"
 import { logLines, messageOf } from "../support/process.ts"
 import { query } from "../sinks/postgres/support.ts"
+import { readyz, until } from "../support/poll.ts"
 
 requirePostgresServer("The GATEWAY_SINK=postgres tests")
 
@@ -26,7 +27,6 @@ afterEach(async () => {
 })
 afterAll(stopAllPostgresServers)
 
-const sleep = (ms: number) => new Promise<void>((resolve) => setTimeout(resolve, ms))
 
 const open = async (port: number, id: string) => {
   const opened = await Device.open(port, id)
@@ -34,18 +34,7 @@ const open = async (port: number, id: string) => {
   return opened
 }
 
-const readyz = async (adminPort: number) => {
-  const r = await fetch(`http://127.0.0.1:${adminPort}/readyz`)
-  return { status: r.status, body: await r.text() }
-}
 
-const until = async (what: string, ms: number, probe: () => Promise<boolean>) => {
-  const deadline = Date.now() + ms
-  while (!(await probe())) {
-    if (Date.now() > deadline) throw new Error(`${what}: not within ${ms} ms`)
-    await sleep(100)
-  }
-}
 
 const pgEnv = (s: PostgresServer) => ({ GATEWAY_SINK: "postgres", DATABASE_URL: s.url, PG_STATEMENT_TIMEOUT_MS: "2000", GATEWAY_STORE_RETRIES: "1", GATEWAY_OUTBOX: "off" })
 

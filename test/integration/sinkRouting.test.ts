@@ -20,6 +20,7 @@ import { requireNatsServer, startNatsServer, stopAllNatsServers, type NatsServer
 import { readStream } from "../support/natsStream.ts"
 import { logLines, messageOf } from "../support/process.ts"
 import { rows } from "../support/store.ts"
+import { readyz, sleep, until } from "../support/poll.ts"
 
 requireNatsServer("The sink routing tests")
 
@@ -35,7 +36,6 @@ afterEach(async () => {
 })
 afterAll(stopAllNatsServers)
 
-const sleep = (ms: number) => new Promise<void>((resolve) => setTimeout(resolve, ms))
 
 const server = async () => {
   const s = await startNatsServer()
@@ -51,18 +51,7 @@ const open = async (port: number, id: string) => {
   return { d, welcome }
 }
 
-const readyz = async (adminPort: number) => {
-  const r = await fetch(`http://127.0.0.1:${adminPort}/readyz`)
-  return { status: r.status, body: await r.text() }
-}
 
-const until = async (what: string, ms: number, probe: () => Promise<boolean>) => {
-  const deadline = Date.now() + ms
-  while (!(await probe())) {
-    if (Date.now() > deadline) throw new Error(`${what}: not within ${ms} ms`)
-    await sleep(50)
-  }
-}
 
 const msgIds = async (s: NatsServer) => (await readStream(s.url, "DEVICES")).map((m) => m.msgId ?? "").sort()
 

@@ -37,6 +37,7 @@ import { cleanupChildren, spawnGateway, tempDir, withTimeout } from "../support/
 import { metricValue, scrape } from "../support/metrics.ts"
 import { logLines, messageOf, NODE, NODE_ARGS, spawnChild, startChild } from "../support/process.ts"
 import { rows } from "../support/store.ts"
+import { readyz, sleep, until } from "../support/poll.ts"
 
 const mounts: Array<string> = []
 afterEach(async () => {
@@ -47,21 +48,8 @@ afterEach(async () => {
   }
 })
 
-const sleep = (ms: number) => new Promise<void>((resolve) => setTimeout(resolve, ms))
 
-const readyz = async (adminPort: number) => {
-  const r = await fetch(`http://127.0.0.1:${adminPort}/readyz`)
-  return { status: r.status, body: await r.text() }
-}
 
-/** Polls `probe` every 50 ms until it holds; fails with `what` after `ms`. */
-const until = async (what: string, ms: number, probe: () => Promise<boolean>) => {
-  const deadline = Date.now() + ms
-  while (!(await probe())) {
-    if (Date.now() > deadline) throw new Error(`${what}: not within ${ms} ms`)
-    await sleep(50)
-  }
-}
 
 const dbPath = (dataDir: string) => Path.join(dataDir, "gateway.db")
 
