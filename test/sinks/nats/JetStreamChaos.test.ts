@@ -158,13 +158,14 @@ describe.runIf(hasNatsServer)("JetStreamSink under server failures", () => {
     Effect.gen(function*() {
       const server = yield* freshServer
       const sink = yield* sinkOn(server)
-      const all = [...envelopes("dev-a", 1, 6_000), ...envelopes("dev-b", 1, 6_000)]
+      // enough that the first kill (150 ms in) lands inside it on a fast, quiet machine (12,000 did not, once on CI)
+      const all = [...envelopes("dev-a", 1, 25_000), ...envelopes("dev-b", 1, 25_000)]
       const load = yield* Effect.forkChild(commitAll(sink, all, { batchSize: 200, retryMs: 100, deadlineMs: 60_000, idOf: messageId }).pipe(
         // pace the load so that the kills land in the middle of it
         Effect.withSpan("load")
       ))
       for (let round = 0; round < 3; round++) {
-        yield* Effect.sleep("300 millis")
+        yield* Effect.sleep(round === 0 ? "150 millis" : "300 millis")
         yield* Effect.promise(() => server.kill())
         yield* Effect.sleep("400 millis")
         yield* Effect.promise(() => server.restart())
