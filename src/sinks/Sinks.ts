@@ -1,8 +1,8 @@
 /**
  * The sinks as the gateway runs them, built from its configuration: the embedded store (always:
  * it keeps the dead letters and the device states, and is the `sqlite` sink), the drivers the
- * routes name, each wrapped in its retries (and, for a remote sink, its circuit breaker) and put
- * behind its own queue, and the router over them.
+ * routes name, each wrapped in its retries (and, for a remote sink, its circuit breaker and its
+ * outbox) and put behind its own queue, and the router over them.
  */
 import { Effect, Exit, Fiber, Layer, Option, Schedule, Scope } from "effect"
 import { Lifecycle } from "../Lifecycle.ts"
