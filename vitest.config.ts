@@ -7,6 +7,7 @@ import { defineConfig } from "vitest/config"
  */
 const LOAD = [
   "test/integration/**/*.test.ts",
+  "test/cli/simulate.test.ts",
   "test/admission/Storm.test.ts",
   "test/admission/Burst.test.ts",
   "test/admission/OpenFiles.test.ts",
