@@ -81,6 +81,8 @@ export const gatewayConfig = Config.all({
   maxInflight: int("GATEWAY_MAX_INFLIGHT", 1_024, 1),
   batchMax: int("GATEWAY_BATCH_MAX", 4_096, 1),
   batchLingerMs: int("GATEWAY_BATCH_LINGER_MS", 0, 0, 60_000),
+  /** The least time between two batches' takes while messages keep coming (group commit). */
+  batchIntervalMs: int("GATEWAY_BATCH_INTERVAL_MS", 4, 0, 1_000),
   maxFrameBytes: int("GATEWAY_MAX_FRAME_BYTES", 65_536, 64, 16 * 1024 * 1024),
   keepaliveMs: int("GATEWAY_KEEPALIVE_MS", 30_000, 100),
   helloTimeoutMs: int("GATEWAY_HELLO_TIMEOUT_MS", 5_000, 10),

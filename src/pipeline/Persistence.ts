@@ -183,14 +183,28 @@ export const layer = Layer.effectDiscard(Effect.gen(function*() {
   // connection whatever order batches complete in (OrderedAnswers).
   const slots = yield* Semaphore.make(router.slots)
   let closing = false
+  /** When the last batch was taken (`performance.now()`). */
+  let lastTake = -Infinity
   const loop = Effect.gen(function*() {
     while (true) {
       yield* Semaphore.take(slots, 1)
-      let batch = lanes.takeBatch(config.batchMax, config.batchMaxBytes)
-      while (batch.length === 0) {
+      while (lanes.size() === 0) {
         if (closing) return yield* Semaphore.take(slots, router.slots - 1) // wait for the batches in flight
         yield* lanes.awaitWork
-        batch = lanes.takeBatch(config.batchMax, config.batchMaxBytes)
+      }
+      // group commit: a batch follows the last one by GATEWAY_BATCH_INTERVAL_MS at the soonest,
+      // unless GROUP_ENOUGH messages wait. Alone, a message is taken at once; under a fleet's load (a
+      // frame per socket read) what arrives meanwhile is committed together, not in a transaction
+      // (and a writer round trip, and the pipeline's work per batch) of its own
+      const since = performance.now() - lastTake
+      if (since < config.batchIntervalMs && lanes.size() < Math.min(config.batchMax, GROUP_ENOUGH) && !closing) {
+        yield* Effect.sleep(config.batchIntervalMs - since)
+      }
+      let batch = lanes.takeBatch(config.batchMax, config.batchMaxBytes)
+      lastTake = performance.now()
+      if (batch.length === 0) { // shed meanwhile (the lane's age or memory limit)
+        yield* Semaphore.release(slots, 1)
+        continue
       }
       if (batch.length < config.batchMax && config.batchLingerMs > 0 && !closing) {
         yield* Effect.sleep(config.batchLingerMs)
@@ -216,6 +230,13 @@ export const layer = Layer.effectDiscard(Effect.gen(function*() {
     })
   )
 }))
+
+/**
+ * Messages waiting that make a batch worth taking at once, whatever the batch interval: under a
+ * flood the lanes hold thousands and batches go back to back; the interval only gathers the
+ * trickle of a fleet (measured: 1,000 devices at 10,000 msgs/s, ~11 messages a batch without it).
+ */
+const GROUP_ENOUGH = 256
 
 /** Where the messages of a batch ended: `stops[j]` for `batch[at[j]]`, decided by stage `by[j]`. */
 interface Ends {
