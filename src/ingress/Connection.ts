@@ -122,6 +122,10 @@ export class Connection implements Replier, Replaceable {
   private ended = false
   private waiter: (() => void) | undefined = undefined
   private wakeQueued = false
+  /** The fiber is parked waiting for input with nothing else to do: a small read may be handled in place. */
+  private idle = false
+  /** Work for the fiber besides a read: a small read handled in place left held events, a close, or no room. */
+  private attention = false
   /** When the unfinished frame held by the framer began (epoch ms), 0 when none. */
   private pendingSince = 0
   /** Its unsent answers passed MAX_OUTPUT_BYTES: it is being closed. */
@@ -151,6 +155,7 @@ export class Connection implements Replier, Replaceable {
     return Effect.suspend(() => {
       const s = this.socket
       s.on("data", (chunk: Buffer) => {
+        if (this.idle && this.readInPlace(chunk)) return
         this.chunks.push(chunk)
         s.pause()
         this.wake()
@@ -178,7 +183,10 @@ export class Connection implements Replier, Replaceable {
 
   private readonly loop: Effect.Effect<void> = Effect.gen({ self: this }, function*() {
     while (true) {
-      yield* this.waitUntil(() => this.chunks.length > 0 || this.ended || this.state === "closed")
+      this.idle = true
+      yield* this.waitUntil(() => this.chunks.length > 0 || this.ended || this.attention || this.state === "closed")
+      this.idle = false
+      this.attention = false
       if (this.state === "closed") break
       const next = this.chunks[0]
       if (next !== undefined && next.length > SMALL_READ_BYTES && this.state === "open" && !this.env.slices.tryEnter(performance.now())) {
@@ -187,7 +195,9 @@ export class Connection implements Replier, Replaceable {
       }
       const chunk = this.chunks.shift()
       if (chunk !== undefined) this.process(chunk)
-      else if (this.state === "open") this.state = "closing" // peer half-closed: answer what is pending
+      else if (!this.ended) {
+        // woken for the attention of a read handled in place: only what follows a read is left
+      } else if (this.state === "open") this.state = "closing" // peer half-closed: answer what is pending
       else break
       if (this.state === "authenticating") {
         // a reconnection storm's hellos (auth, admission, a store read each) take turns too, so
@@ -209,6 +219,28 @@ export class Connection implements Replier, Replaceable {
       if (this.chunks.length === 0 && !this.ended) this.socket.resume()
     }
   })
+
+  /**
+   * The common case of a fleet, handled without waking the fiber: an open session's small read
+   * (a frame or a few) arriving while the fiber waits for input. Its frames are handled right
+   * here, as the fiber would, and the socket keeps flowing; whatever must wait (held events, a
+   * close, a full window or output buffer) pauses the socket and hands over to the fiber. False
+   * when the read must go through the fiber (queued behind others, a big read that takes its
+   * turn, inside another connection's ingest).
+   */
+  private readInPlace(chunk: Buffer): boolean {
+    if (this.state !== "open" || chunk.length > SMALL_READ_BYTES || this.chunks.length > 0 || this.attention || SCRATCH.busy) {
+      return false
+    }
+    this.process(chunk)
+    this.afterChunk()
+    if (this.state !== "open" || (this.held.length > 0 && !this.pumping) || !this.hasRoom()) {
+      this.socket.pause()
+      this.attention = true
+      this.wake()
+    }
+    return true
+  }
 
   /** Suspends until the next read slice begins. */
   private nextSlice(slices: ReadSlices): Effect.Effect<void> {
@@ -576,7 +608,8 @@ export class Connection implements Replier, Replaceable {
         queueMicrotask(() => this.fatal("timeout", "device does not read its answers", "timeout"))
       }
     }
-    this.wake()
+    // a fiber parked for input waits for nothing an answer changes (room is checked after a read)
+    if (!this.idle) this.wake()
   }
 
   // ---- endings ----

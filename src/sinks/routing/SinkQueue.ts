@@ -8,7 +8,7 @@
  * `stallMs`. With one sink there is nothing else to hold up, and its queue pushes back instead
  * (`stallMs` infinite): the lanes fill and their overload policy applies.
  */
-import { Deferred, Effect, Option, Queue, type Scope, Stream, type Tracer } from "effect"
+import { Deferred, Effect, Option, Queue, type Scope, Stream, Tracer } from "effect"
 import type { Envelope } from "../../domain/Envelope.ts"
 import { type BatchResult, MessageOutcome, type SinkDriver, SinkError, type SinkHealth } from "../Contract.ts"
 
@@ -70,7 +70,12 @@ export const makeSinkQueue = (driver: SinkDriver, settings: SinkQueueSettings): 
       const links: Array<Tracer.SpanLink> = []
       for (const s of shares) if (s.span !== undefined) links.push({ span: s.span, attributes: {} })
       return driver.write(batch).pipe(
-        Effect.withSpan("sink.write", { kind: "client", links, attributes: { "sink.name": driver.name, "batch.size": batch.length } }),
+        // no stack trace captured: an Error per write, for a span that names its own place
+        Effect.withSpan(
+          "sink.write",
+          { kind: "client", links, attributes: { "sink.name": driver.name, "batch.size": batch.length } },
+          { captureStackTrace: false }
+        ),
         Effect.exit,
         Effect.flatMap((exit) =>
           Effect.sync(() => {
@@ -115,7 +120,8 @@ export const makeSinkQueue = (driver: SinkDriver, settings: SinkQueueSettings): 
     const behind = (ms: number) => `sink ${driver.name} is behind (its queue full for ${Math.round(ms)} ms)`
 
     const submit = (batch: ReadonlyArray<Envelope>): Effect.Effect<BatchResult, SinkError> =>
-      Effect.flatMap(Effect.option(Effect.currentParentSpan), (parent) => {
+      // serviceOption, not currentParentSpan: no NoSuchElementError (an Error, with its stack) per batch
+      Effect.flatMap(Effect.serviceOption(Tracer.ParentSpan), (parent) => {
         if (batch.length === 0) return Effect.succeed({ outcomes: new Uint8Array(0), reasons: new Map() })
         const done = Deferred.makeUnsafe<BatchResult, SinkError>()
         const share: Share = { batch, done, span: Option.getOrUndefined(parent) }
