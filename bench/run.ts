@@ -12,7 +12,13 @@
  * - `stages`: stage costs in ns per message (in process; bench/stages.ts)
  * - `throughput`, `latency`: the load of bench/load.ts, `--seconds` each (default 10); the
  *   throughput scenario also runs the gateway with the example stages (unit-conversion and
- *   threshold from a stages file), to show what they cost end to end
+ *   threshold from a stages file), to show what they cost end to end. `latency` paces by a
+ *   shared budget handed to connections in turn (bursty: up to ~40 frames in one write), so it
+ *   is labelled "bursty"; the fleet shape is `fleet`
+ * - `fleet`: the fleet-shaped load of bench/fleet.ts: `--fleet-devices` (1000,10000) devices,
+ *   each sending its share of `--fleet-rate` (20,000 msgs/s in all) on its own schedule, one
+ *   frame per write, window 16; the raw baseline and the gateway in the same run, latency from
+ *   the scheduled send time and from the write, CPU per message of each, and the ratios
  * - `storm`: `--devices` (10,000) connect at once; `--timeout` (60 s) (bench/storm.ts)
  * - `idle`: RSS per idle connection, `--connections` (10,000) (bench/idle.ts)
  * - `burst`: `--factor` (10) × the sink rate for `--seconds` (default 30), `--sink-rate` (2000),
@@ -44,8 +50,8 @@ import { parseArgs } from "node:util"
 import { runBurst, burstTable } from "./burst.ts"
 import { idleTable, runIdle } from "./idle.ts"
 import type { LoadOptions } from "./load.ts"
-import { measure } from "./measure.ts"
-import { fmt, gatewayArgv, gatewayEnv, type NodeFlags, removeDir, startServer, tempDir } from "./proc.ts"
+import { type FleetRow, measure, measureFleet } from "./measure.ts"
+import { checkFileLimit, fmt, gatewayArgv, gatewayEnv, type NodeFlags, removeDir, startServer, tempDir } from "./proc.ts"
 import { rateLimitTable, runRateLimitBench } from "./ratelimit.ts"
 import { natsTable, runNatsBench } from "./nats.ts"
 import { postgresTable, runPostgresBench } from "./postgres.ts"
@@ -72,7 +78,9 @@ const { values: args } = parseArgs({
     "burst-devices": { type: "string", default: "200" },
     "burst-window": { type: "string", default: "256" },
     factor: { type: "string", default: "10" },
-    "memory-budget": { type: "string", default: "128" }
+    "memory-budget": { type: "string", default: "128" },
+    "fleet-devices": { type: "string", default: "1000,10000" },
+    "fleet-rate": { type: "string", default: "20000" }
   }
 })
 const seconds = Number(args.seconds ?? 10)
@@ -80,7 +88,7 @@ const flags: NodeFlags = {
   semiSpaceMb: Number(args["semi-space"]),
   oldSpaceMb: args["old-space"] === undefined ? undefined : Number(args["old-space"])
 }
-const SCENARIOS = ["stages", "throughput", "latency", "storm", "idle", "burst", "workers", "ratelimit", "tls", "tls-storm", "nats", "postgres", "outbox", "sinks"] as const
+const SCENARIOS = ["stages", "throughput", "latency", "fleet", "storm", "idle", "burst", "workers", "ratelimit", "tls", "tls-storm", "nats", "postgres", "outbox", "sinks"] as const
 const only = args.only === undefined ? undefined : new Set(args.only.split(",").map((s) => s.trim()))
 for (const name of only ?? []) {
   if (!(SCENARIOS as ReadonlyArray<string>).includes(name)) {
@@ -112,8 +120,30 @@ const loads: Record<"throughput" | "latency", Omit<LoadOptions, "port">> = {
 }
 
 const heading = (name: string, load: Omit<LoadOptions, "port">) => {
-  const pace = load.rate > 0 ? `${fmt(load.rate)} msgs/s` : "unpaced"
+  const pace = load.rate > 0 ? `${fmt(load.rate)} msgs/s (bursty: a shared budget handed to connections in turn)` : "unpaced"
   return `\n### ${name}: ${load.connections} connections × window ${load.window}, ${pace}, ${fmt(load.eventRatio * 100)}% events, ${seconds} s`
+}
+
+/** The fleet shape at each size: the raw baseline and the gateway in the same run, and the guard ratios. */
+const fleetScenario = async (devices: number, rate: number): Promise<Array<string>> => {
+  checkFileLimit(devices * 2)
+  const fleet = { devices, rate, window: 16, eventRatio: 0.05, durationMs: seconds * 1000, devicePrefix: `fl${devices}` }
+  const dataDir = tempDir()
+  const raw = await measureFleet("raw node:net", baseline, fleet)
+  const gw = await measureFleet("gateway (sqlite)", gateway(dataDir), fleet)
+  removeDir(dataDir)
+  const usPerMsg = (r: FleetRow) => (r.serverCpu * 1e6) / Math.max(1, r.msgsPerSec)
+  const pct = (cores: number) => `${fmt(cores * 100)}%`
+  return [
+    `\n### fleet: ${fmt(devices)} devices, ${fmt(rate)} msgs/s in all (each device one frame every ${fmt((devices * 1000) / rate)} ms on its own schedule, one frame per write), window 16, 5% events, ${seconds} s`,
+    "latency from the scheduled send time (and from the write); CPU in % of one core over the sending interval, all threads; server µs/msg = server CPU per acked message",
+    "| server | acked msgs/s | p50 ms | p99 ms | max ms | p99 from write ms | server CPU | server µs/msg | load generator CPU | peak RSS MB | behind | nacks |",
+    "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ...[raw, gw].map((r) =>
+      `| ${r.server} | ${fmt(r.msgsPerSec)} | ${fmt(r.p50Ms, 2)} | ${fmt(r.p99Ms, 2)} | ${fmt(r.maxMs, 1)} | ${fmt(r.writeP99Ms, 2)} | ${pct(r.serverCpu)} | ${fmt(usPerMsg(r), 1)} | ${pct(r.loadCpu)} | ${fmt(r.rssMb)} | ${r.behind} | ${r.nacked} |`
+    ),
+    `guard: gateway p99 ${fmt(gw.p99Ms, 2)} ms vs raw ${fmt(raw.p99Ms, 2)} ms = ${fmt(gw.p99Ms / raw.p99Ms, 2)}× raw; CPU per message ${fmt(usPerMsg(gw) / usPerMsg(raw), 2)}× raw`
+  ]
 }
 
 /** The throughput and latency scenarios: the baseline, the gateway, and (throughput) the gateway with stages. */
@@ -177,6 +207,9 @@ const main = async () => {
   if (wanted("stages")) emit(["\n### stages: cost per message (in process, best of 5)", stageTable(await runStageBench())])
   if (wanted("throughput")) emit(await loadScenario("throughput"))
   if (wanted("latency")) emit(await loadScenario("latency"))
+  if (wanted("fleet")) {
+    for (const devices of String(args["fleet-devices"]).split(",").map(Number)) emit(await fleetScenario(devices, Number(args["fleet-rate"])))
+  }
   if (wanted("storm")) {
     const timeoutMs = Number(args.timeout) * 1000
     emit([stormTable(await runStorm({ devices: Number(args.devices ?? 10_000), timeoutMs, flags }), timeoutMs)])
