@@ -18,7 +18,11 @@ const LOAD = [
   "test/sinks/postgres/PostgresChaos.test.ts",
   "test/sinks/outbox/OutboxChaos.test.ts",
   "test/sinks/contract/nats.contract.test.ts",
-  "test/sinks/contract/postgres.contract.test.ts"
+  "test/sinks/contract/postgres.contract.test.ts",
+  "test/observability/MetricsContract.test.ts",
+  "test/observability/Prometheus.test.ts",
+  "test/observability/TracingProcess.test.ts",
+  "test/observability/TracingSinks.test.ts"
 ]
 
 export default defineConfig({

@@ -42,6 +42,9 @@
  *   in turn (bench/tls.ts); `tls-storm`: the storm over plain TCP, TLS and mutual TLS,
  *   `--devices` (5,000), one client certificate per device (issuing 5,000 takes ~2.5 min) or
  *   `--storm-certs N` shared by the devices (bench/tlsStorm.ts). Both need `openssl` (bench/pki.ts).
+ * - `tracing`: the throughput load against the raw baseline and the gateway with tracing off, at
+ *   1 % and at 100 % sampling, exporting OTLP to a local receiver that answers 200 at once,
+ *   `--rounds` (1) times in turn; ratios per round and their median (bench/tracing.ts)
  */
 import * as Fs from "node:fs"
 import * as Os from "node:os"
@@ -62,6 +65,7 @@ import { runStorm, stormTable } from "./storm.ts"
 import { hasOpenssl } from "./pki.ts"
 import { runTls, tlsTable } from "./tls.ts"
 import { runTlsStorm, tlsStormTable } from "./tlsStorm.ts"
+import { runSpanCosts, runTracingBench, spanCostTable, tracingTable } from "./tracing.ts"
 
 const { values: args } = parseArgs({
   options: {
@@ -88,7 +92,7 @@ const flags: NodeFlags = {
   semiSpaceMb: Number(args["semi-space"]),
   oldSpaceMb: args["old-space"] === undefined ? undefined : Number(args["old-space"])
 }
-const SCENARIOS = ["stages", "throughput", "latency", "fleet", "storm", "idle", "burst", "workers", "ratelimit", "tls", "tls-storm", "nats", "postgres", "outbox", "sinks"] as const
+const SCENARIOS = ["stages", "throughput", "latency", "fleet", "storm", "idle", "burst", "workers", "ratelimit", "tls", "tls-storm", "nats", "postgres", "outbox", "sinks", "tracing"] as const
 const only = args.only === undefined ? undefined : new Set(args.only.split(",").map((s) => s.trim()))
 for (const name of only ?? []) {
   if (!(SCENARIOS as ReadonlyArray<string>).includes(name)) {
@@ -244,6 +248,12 @@ const main = async () => {
   if (wanted("nats")) emit([natsTable(await runNatsBench())])
   if (wanted("postgres")) emit([postgresTable(await runPostgresBench())])
   if (wanted("outbox")) emit([outboxTable(await runOutboxBench())])
+  if (wanted("tracing")) {
+    const load = { ...loads.throughput, devicePrefix: "trc" }
+    const rounds = Number(args.rounds)
+    emit(["\n### tracing: the work per message and per span (in process, best of 5)", spanCostTable(await runSpanCosts())])
+    emit(tracingTable(heading(`tracing (OTLP/HTTP protobuf to a local receiver answering 200 at once), ${rounds} round(s) in turn`, load), await runTracingBench(load, flags, rounds)))
+  }
   if (wanted("sinks")) {
     for (const name of ["throughput", "latency"] as const) {
       const load = { ...loads[name], devicePrefix: `sk-${name}` }

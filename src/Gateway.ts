@@ -47,7 +47,7 @@ const announce = Layer.effectDiscard(Effect.gen(function*() {
  */
 export const layer = <E = never>(
   config: Layer.Layer<GatewayConfig, Config.ConfigError> = GatewayConfig.layer,
-  tracing: Layer.Layer<Tracing.MessageTracer> = Tracing.layerFromEnv("iot-gateway"),
+  tracing: Layer.Layer<Tracing.MessageTracer, Tracing.TracingConfigError> = Tracing.layerFromEnv("iot-gateway"),
   pipeline?: Layer.Layer<Pipeline, E, GatewayConfig>
 ) => {
   const stages: Layer.Layer<Pipeline, E | StagesFileError, GatewayConfig> = pipeline ?? Catalog.layer

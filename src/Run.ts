@@ -16,6 +16,8 @@ import * as WorkerLink from "./cluster/WorkerLink.ts"
 import { describeConfigError, GatewayConfig, type GatewayConfigShape } from "./config/GatewayConfig.ts"
 import { StagesFileError } from "./config/StagesFile.ts"
 import { Lifecycle } from "./Lifecycle.ts"
+import { readTracingSettings } from "./observability/OtelEnv.ts"
+import * as TraceLog from "./observability/TraceLog.ts"
 import type { Pipeline } from "./pipeline/Pipeline.ts"
 
 const EX_CONFIG = 78
@@ -35,6 +37,7 @@ const startFailure = (error: unknown) => {
   if (isTagged(error, "AuthConfigError")) return cannotStart(`invalid configuration: ${error.message}`, EX_CONFIG) // src/auth/AuthConfigError.ts
   if (isTagged(error, "PostgresStartError")) return cannotStart(`invalid configuration: ${lineOf(error)}`, EX_CONFIG) // src/sinks/postgres
   if (isTagged(error, "RoutesError")) return cannotStart(`invalid configuration: ${error.message}`, EX_CONFIG) // src/sinks/routing/Routes.ts
+  if (isTagged(error, "TracingConfigError")) return cannotStart(`invalid configuration: ${error.message}`, EX_CONFIG) // src/observability/OtelEnv.ts
   return cannotStart(`cannot start: ${reasonOf(error)}`, 1)
 }
 
@@ -120,7 +123,11 @@ const watchNpmParent = (): void => {
 const program = <E>(pipeline: Layer.Layer<Pipeline, E, GatewayConfig> | undefined) =>
   Effect.gen(function*() {
     const config = yield* Effect.service(GatewayConfig).pipe(Effect.provide(GatewayConfig.layer), Effect.catch(startFailure))
-    if (config.workers > 1) return yield* Primary.run(config, (code) => (exitCode = code))
+    if (config.workers > 1) {
+      // the workers read the OTEL_* variables too: a wrong one stops the node here, once
+      yield* Effect.try({ try: () => readTracingSettings("iot-gateway"), catch: (e) => e }).pipe(Effect.catch(startFailure))
+      return yield* Primary.run(config, (code) => (exitCode = code))
+    }
     // a worker of a node: every line it logs says which
     const worker = yield* WorkerLink.workerIndex
     return yield* Option.isSome(worker)
@@ -128,7 +135,8 @@ const program = <E>(pipeline: Layer.Layer<Pipeline, E, GatewayConfig> | undefine
       : gateway(config, pipeline)
   })
 
-const logging = Logger.layer([process.stdout.isTTY ? Logger.consolePretty() : Logger.consoleJson])
+// JSON lines carry trace_id and span_id when a span is current (src/observability/TraceLog.ts)
+const logging = Logger.layer([process.stdout.isTTY ? Logger.consolePretty() : TraceLog.consoleJson])
 
 /**
  * Runs the gateway with `pipeline` as its user stages (default: GATEWAY_STAGES_FILE) until a

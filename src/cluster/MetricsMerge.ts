@@ -4,8 +4,9 @@
  * right for most of what the gateway exports: counters and histograms (buckets, `_sum` and
  * `_count` each add up), and gauges that count or measure things (connections, queue depth and
  * capacity, bytes held, memory budget, resident memory). The exceptions are gauges that are a
- * statistic of one process ({@link MAXIMUM}: event-loop lag quantiles and maximum): the node's is
- * its worst worker's. Summary quantiles cannot be merged and are left out (the gateway has none).
+ * statistic of one process or a state ({@link MAXIMUM}: event-loop lag quantiles and maximum, the
+ * breaker state): the node's is its worst worker's. Summary quantiles cannot be merged and are
+ * left out (the gateway has none).
  *
  * A worker that dies takes its counters with it, and a restarted one counts from zero: the
  * node's counters would fall, which Prometheus reads as a reset. {@link cumulative} keeps the
@@ -115,8 +116,12 @@ const parseValue = (text: string): number | undefined => {
 
 const formatValue = (n: number) => n === Infinity ? "+Inf" : n === -Infinity ? "-Inf" : Number.isNaN(n) ? "NaN" : String(n)
 
-/** Gauge families whose value for the node is the largest of its workers' (a per-process statistic, not a quantity). */
-export const MAXIMUM: ReadonlyArray<RegExp> = [/^nodejs_eventloop_lag_/]
+/**
+ * Gauge families whose value for the node is the largest of its workers' (a per-process
+ * statistic or a state code, not a quantity): event-loop lag, and a sink's breaker state (the
+ * worst worker's: 2 open, not 1 + 1 half-open).
+ */
+export const MAXIMUM: ReadonlyArray<RegExp> = [/^nodejs_eventloop_lag_/, /^gateway_sink_breaker_state$/]
 
 /**
  * Merges several expositions: samples of identical series add up (the largest wins in the

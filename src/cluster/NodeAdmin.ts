@@ -97,6 +97,7 @@ export const make = Effect.fn("NodeAdmin.make")(function*(options: NodeAdminOpti
       return scraped
     })
     yield* Metric.update(ClusterMetrics.residentMemory, process.memoryUsage.rss())
+    yield* Metric.update(ClusterMetrics.workerRestarts, 0) // exported at 0 before the first restart, so increase() sees it
     const own = MetricsMerge.parse(yield* PrometheusMetrics.format())
     return { status: 200, body: MetricsMerge.render(MetricsMerge.merge([...parts, retired, own])), type: PROMETHEUS }
   }))

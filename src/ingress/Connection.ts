@@ -477,7 +477,7 @@ export class Connection implements Replier, Replaceable {
     for (let i = 0; i < passed.length; i++) {
       const validated = passed[i]!
       const traced = env.tracer.enabled
-        ? env.tracer.start(validated.kind, validated.device, validated.seq, validated.traceparent ?? undefined)
+        ? env.tracer.start(validated.kind, validated.device, validated.seq, validated.traceparent ?? undefined, this.arrivedAt)
         : undefined
       const at = passedAt === undefined ? i : passedAt[i]!
       const item: InFlight = {

@@ -2,16 +2,18 @@
  * The admin HTTP port: Prometheus text at `/metrics`, liveness at `/healthz` (the process
  * serves), readiness at `/readyz` (false while draining or when a sink cannot take writes: its
  * last write failed, its breaker is open, or its store is corrupt or lost; the body says which
- * and why, one sink per line).
+ * and why, one sink per line). Before it serves, every series whose labels are known at start
+ * is made to exist at 0 ({@link Metrics.initialize}), so the first scrape shows the whole contract.
  */
 import * as NodeHttpServer from "@effect/platform-node/NodeHttpServer"
-import { Context, Effect, Layer } from "effect"
+import { Context, Effect, Layer, Option } from "effect"
 import { HttpRouter, HttpServer, HttpServerResponse } from "effect/http"
 import { PrometheusMetrics } from "effect/observability"
 import { createServer } from "node:http"
 import { GatewayConfig } from "../config/GatewayConfig.ts"
 import { Lifecycle } from "../Lifecycle.ts"
 import { Router } from "../sinks/routing/Router.ts"
+import * as Metrics from "./Metrics.ts"
 
 const readiness = Layer.unwrap(Effect.gen(function*() {
   const lifecycle = yield* Lifecycle
@@ -44,6 +46,7 @@ export class AdminPort extends Context.Service<AdminPort, { readonly port: numbe
 /** The admin server on GATEWAY_ADMIN_HOST:GATEWAY_ADMIN_PORT. */
 export const layer = Layer.unwrap(Effect.gen(function*() {
   const config = yield* GatewayConfig
+  Metrics.initialize({ tls: Option.isSome(config.tlsCert) })
   const server = NodeHttpServer.layer(createServer, { port: config.adminPort, host: config.adminHost })
   const port = Layer.effect(
     AdminPort,

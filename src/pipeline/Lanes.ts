@@ -12,12 +12,13 @@
  * waited longer than `GATEWAY_BULK_MAX_AGE_MS` is shed when it reaches the head.
  * A one-slot doorbell wakes the persistence stage when either lane receives work.
  */
-import { Context, Effect, Exit, Layer, Queue, Schedule, type Tracer } from "effect"
+import { Context, Effect, Layer, Queue, Schedule } from "effect"
 import { MemoryBudget } from "../admission/MemoryBudget.ts"
 import { GatewayConfig } from "../config/GatewayConfig.ts"
 import type { Envelope } from "../domain/Envelope.ts"
 import { nackFrame } from "../domain/Frames.ts"
 import * as Metrics from "../observability/Metrics.ts"
+import type { MessageSpan } from "../observability/Tracing.ts"
 
 /** How often the lane depth gauges are sampled. */
 const DEPTH_SAMPLE_EVERY = "200 millis"
@@ -39,8 +40,8 @@ export interface InFlight {
   readonly bytes: number
   /** `performance.now()` at arrival, for the ingest-to-commit histogram. */
   readonly arrivedAt: number
-  /** The message's ingest span, when tracing is on. */
-  readonly span: Tracer.Span | undefined
+  /** The message's ingest span, when tracing is on and the message is sampled. */
+  readonly span: MessageSpan | undefined
 }
 
 /** What the connections and the persistence stage see of the lanes. */
@@ -90,9 +91,13 @@ export class Lanes extends Context.Service<Lanes, LanesShape>()("gateway/Lanes")
       const shed = (old: InFlight) => {
         old.replier.resolve(old.ticket, nackFrame(old.envelope.seq, "shed", "telemetry shed under overload (oldest first)"))
         old.replier.flush()
-        old.span?.end(process.hrtime.bigint(), Exit.void)
+        old.span?.finish("shed")
         Metrics.record(Metrics.messages("telemetry", "shed"), 1)
         Metrics.record(Metrics.errors("OverloadError"), 1)
+      }
+
+      const ring = () => {
+        Queue.offerUnsafe(doorbell, true)
       }
 
       return Lanes.of({
@@ -105,10 +110,19 @@ export class Lanes extends Context.Service<Lanes, LanesShape>()("gateway/Lanes")
           Queue.offerUnsafe(bulk, item)
         },
         tryOfferEvent: (item) => Queue.offerUnsafe(critical, item),
-        offerEvents: (items) => Effect.asVoid(Queue.offerAll(critical, items)),
-        notify: () => {
-          Queue.offerUnsafe(doorbell, true)
-        },
+        // what fits goes in at once; the rest one by one as room frees, each announced (the
+        // persistence loop may be waiting for the doorbell while this waits for room)
+        offerEvents: (items) =>
+          Effect.suspend(() => {
+            let i = 0
+            while (i < items.length && Queue.offerUnsafe(critical, items[i]!)) i++
+            if (i > 0) ring()
+            if (i === items.length) return Effect.void
+            return Effect.forEach(items.slice(i), (item) => Effect.andThen(Queue.offer(critical, item), Effect.sync(ring)), {
+              discard: true
+            })
+          }),
+        notify: ring,
         takeBatch: (max, maxBytes) => {
           const batch: Array<InFlight> = []
           let bytes = takeInto(critical, batch, max, maxBytes, 0)

@@ -24,8 +24,6 @@ import { type InFlight, Lanes, type Replier } from "./Lanes.ts"
 import { Pipeline, PipelineError } from "./Pipeline.ts"
 import * as Stage from "./Stage.ts"
 
-const SUCCESS = Exit.void
-
 /** The persistence loop as a layer: a scoped fiber that lives as long as the gateway. */
 export const layer = Layer.effectDiscard(Effect.gen(function*() {
   const config = yield* GatewayConfig
@@ -62,7 +60,7 @@ export const layer = Layer.effectDiscard(Effect.gen(function*() {
       }
       item.replier.resolve(item.ticket, frame)
       dirty.add(item.replier)
-      item.span?.end(process.hrtime.bigint(), SUCCESS)
+      item.span?.finish(outcome, now)
       tally.add(e.kind, outcome)
       tally.addError(stop)
     }
@@ -77,7 +75,7 @@ export const layer = Layer.effectDiscard(Effect.gen(function*() {
     for (const item of batch) {
       item.replier.resolve(item.ticket, nackFrame(item.envelope.seq, "unavailable", why, UNAVAILABLE_RETRY_AFTER_MS))
       dirty.add(item.replier)
-      item.span?.end(process.hrtime.bigint(), SUCCESS)
+      item.span?.finish("unavailable")
       Metrics.record(Metrics.messages(item.envelope.kind, "unavailable"), 1)
     }
     for (const r of dirty) r.flush()
@@ -174,7 +172,14 @@ export const layer = Layer.effectDiscard(Effect.gen(function*() {
     if (!tracer.enabled) return run
     const links: Array<Tracer.SpanLink> = []
     for (const item of batch) if (item.span !== undefined) links.push({ span: item.span, attributes: {} })
-    return Effect.withSpan(run, "sink.batch", { kind: "client", links, attributes: { "batch.size": batch.length } })
+    // recorded only when it links a sampled message: a batch of unsampled messages costs no export
+    return Effect.withSpan(run, "sink.batch", {
+      kind: "client",
+      links,
+      sampled: links.length > 0,
+      attributes: { "batch.size": batch.length },
+      captureStackTrace: false // no Error (and stack) per batch
+    })
   }
 
   // Up to `router.slots` batches are with the sinks at once: while a sink commits one, the next

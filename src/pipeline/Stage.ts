@@ -388,7 +388,9 @@ export const build = <In, Out, E, R>(self: Stage<In, Out, E, R>, options: BuildO
               // a synchronous stage needs no Effect (it isolates throws per message itself)
               const results = spans
                 ? yield* Effect.withSpan(applyAsync(step, chunkOf), `stage ${step.name}`, {
-                  attributes: { "stage.name": step.name, "chunk.size": chunkOf.length }
+                  attributes: { "stage.name": step.name, "chunk.size": chunkOf.length },
+                  // no Error (and stack) per chunk: the span's name says where it is
+                  captureStackTrace: false
                 })
                 : step.fn.sync !== undefined
                 ? applySync(step, chunkOf)

@@ -364,7 +364,7 @@ describe("admin", () => {
         'gateway_messages_total{kind="telemetry",outcome="invalid"}',
         'gateway_queue_depth{lane="critical"}',
         'gateway_queue_capacity{lane="bulk"}',
-        "gateway_ingest_to_commit_latency_ms_bucket",
+        "gateway_ingest_to_commit_latency_seconds_bucket",
         'gateway_errors_total{class="ValidationError"}',
         'gateway_connections_total{result="accepted"}'
       ]

@@ -284,7 +284,7 @@ describe("GATEWAY_WORKERS=2", () => {
     const committed = metricValue(text, "gateway_messages_total", { outcome: "committed" })
     expect(committed).toBe(24 * 8)
     expect(metricValue(text, "gateway_messages_total", { kind: "event", outcome: "committed" })).toBe(24 * 2)
-    expect(metricValue(text, "gateway_ingest_to_commit_latency_ms_count")).toBe(24 * 8)
+    expect(metricValue(text, "gateway_ingest_to_commit_latency_seconds_count")).toBe(24 * 8)
     expect(metricValue(text, "gateway_workers")).toBe(2)
     expect(metricValue(text, "gateway_worker_restarts_total")).toBe(0)
     expect(text.match(/^# TYPE gateway_messages_total /gm)).toHaveLength(1)

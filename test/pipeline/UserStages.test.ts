@@ -91,7 +91,7 @@ describe("user stages from the stages file", () => {
         'gateway_stage_messages_total{stage="unit-conversion",result="passed"} 4',
         'gateway_stage_messages_total{stage="threshold",result="passed"} 4',
         'gateway_stage_messages_total{stage="commit",result="settled"} 4',
-        'gateway_stage_duration_ms_bucket{stage="threshold",le="+Inf"}'
+        'gateway_stage_duration_seconds_bucket{stage="threshold",le="+Inf"}'
       ]
     ) expect(text).toContain(needle)
   })

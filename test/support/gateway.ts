@@ -10,7 +10,7 @@ import { GatewayConfig } from "../../src/config/GatewayConfig.ts"
 import * as Gateway from "../../src/Gateway.ts"
 import { Listener } from "../../src/ingress/Listener.ts"
 import { AdminPort } from "../../src/observability/Admin.ts"
-import { MessageTracer } from "../../src/observability/Tracing.ts"
+import { MessageTracer, type TracingConfigError } from "../../src/observability/Tracing.ts"
 import type { StagesFileError } from "../../src/config/StagesFile.ts"
 import type { Pipeline } from "../../src/pipeline/Pipeline.ts"
 import * as Catalog from "../../src/stages/Catalog.ts"
@@ -33,7 +33,7 @@ export const tempDir = (prefix = "gw-test-") => Fs.mkdtempSync(Path.join(Os.tmpd
  */
 export const startGateway = async (
   env: Record<string, string> = {},
-  tracing: Layer.Layer<MessageTracer> = MessageTracer.disabled,
+  tracing: Layer.Layer<MessageTracer, TracingConfigError> = MessageTracer.disabled,
   pipeline: Layer.Layer<Pipeline, StagesFileError, GatewayConfig> = Catalog.layer
 ): Promise<TestGateway> => {
   const dataDir = env["GATEWAY_DATA_DIR"] ?? tempDir()

@@ -43,6 +43,7 @@
 import { Clock, Deferred, Effect, FiberSet, Option, Queue, type Scope } from "effect"
 import type { Envelope } from "../../domain/Envelope.ts"
 import { record } from "../../observability/Metrics.ts"
+import { spanEvent } from "../../observability/SpanEvent.ts"
 import { type BatchResult, MessageOutcome, type SinkDriver, type SinkError, type SinkHealth } from "../Contract.ts"
 import { makeOutboxClient } from "./OutboxClient.ts"
 import { forwardLoop, forwardStream, type Rejection } from "./OutboxForwarder.ts"
@@ -226,6 +227,14 @@ export const withOutbox = (
         }
         if (stored > 0) record(metrics.appended, stored)
         const refused = packed.positions.length - stored
+        // an event on the write's span (sink.write): these messages went to the outbox (or could not)
+        yield* spanEvent("outbox.spill", {
+          "sink.name": sink,
+          "outbox.stored": stored,
+          "outbox.refused": refused,
+          "outbox.reason": why,
+          ...(result._tag === "Failure" ? { "error.message": result.failure.message } : {})
+        })
         if (refused > 0) record(metrics.refused(result._tag === "Success" ? "full" : "store_error"), refused)
         if (stored > 0 && spell === undefined) {
           spell = { since: now, forwarded: 0, deadLettered: 0 }

@@ -3,7 +3,7 @@
  * nothing else. Updated synchronously ({@link record}) once per batch or writer reply.
  */
 import { Metric } from "effect"
-import { record } from "../../observability/Metrics.ts"
+import { present, record } from "../../observability/Metrics.ts"
 
 /** Why the outbox refused messages (they were answered Unavailable). */
 export type RefusalReason = "full" | "store_error"
@@ -65,6 +65,9 @@ export const outboxMetrics = (sink: string): OutboxMetrics => {
     }
   }
   made.set(sink, m)
+  // every series at 0 from the start, so that rate() sees the first refusal
+  const refused = [m.refused("full"), m.refused("store_error")]
+  for (const metric of [m.messages, m.bytes, m.oldestAgeSeconds, m.appended, m.forwarded, m.deadLettered, ...refused]) present(metric)
   return m
 }
 

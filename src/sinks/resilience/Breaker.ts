@@ -11,6 +11,7 @@
  */
 import { Effect, Metric } from "effect"
 import { record } from "../../observability/Metrics.ts"
+import { spanEvent } from "../../observability/SpanEvent.ts"
 import { type SinkDriver, SinkError, type SinkHealth } from "../Contract.ts"
 
 /** When a breaker opens and how long it stays open. */
@@ -64,9 +65,17 @@ export const withBreaker = (driver: SinkDriver, policy: BreakerPolicy): BrokenDr
     state = next
     record(gauge, stateCode[next])
     const annotations = { sink: driver.name, from, to: next, failures: failedInRow, error: lastFailure?.message ?? "" }
-    return next === "open"
+    // a span event on the write that made the transition (its sink.write span), and a log line
+    const event = spanEvent("sink.breaker", {
+      "sink.name": driver.name,
+      "breaker.from": from,
+      "breaker.to": next,
+      "breaker.failures": failedInRow,
+      ...(next === "open" ? { "breaker.open_ms": openFor } : {})
+    })
+    return Effect.andThen(event, next === "open"
       ? Effect.logWarning(`sink ${driver.name} circuit open for ${openFor} ms`).pipe(Effect.annotateLogs(annotations))
-      : Effect.logInfo(`sink ${driver.name} circuit ${next}`).pipe(Effect.annotateLogs(annotations))
+      : Effect.logInfo(`sink ${driver.name} circuit ${next}`).pipe(Effect.annotateLogs(annotations)))
   }
 
   const failed = (e: SinkError, trial: boolean) =>

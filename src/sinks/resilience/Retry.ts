@@ -6,6 +6,7 @@
  */
 import { Duration, Effect, Schedule } from "effect"
 import { record, sinkBatchMs, sinkBatchSize, sinkRetries } from "../../observability/Metrics.ts"
+import { spanEvent } from "../../observability/SpanEvent.ts"
 import type { SinkDriver } from "../Contract.ts"
 
 /** How a sink retries. */
@@ -37,9 +38,21 @@ export const withRetry = (driver: SinkDriver, policy: RetryPolicy): SinkDriver =
     write: (batch) =>
       Effect.suspend(() => {
         const started = performance.now()
+        let attempt = 0
         record(sizes, batch.length)
         return driver.write(batch).pipe(
-          Effect.tapError((e) => Effect.sync(() => e.retryable && record(retries, 1))),
+          Effect.tapError((e) => {
+            attempt++
+            if (!e.retryable) return Effect.void
+            record(retries, 1)
+            // an event on the current span (the sink.write span) for each failed attempt a retry follows
+            return attempt > policy.retries ? Effect.void : spanEvent("sink.retry", {
+              "sink.name": driver.name,
+              "retry.attempt": attempt,
+              "error.reason": e.reason,
+              "error.message": e.message
+            })
+          }),
           Effect.retry({ schedule, while: (e) => e.retryable }),
           Effect.ensuring(Effect.sync(() => record(durations, performance.now() - started)))
         )

@@ -10,6 +10,7 @@
  */
 import { Deferred, Effect, Option, Queue, type Scope, Stream, Tracer } from "effect"
 import type { Envelope } from "../../domain/Envelope.ts"
+import { watchSinkQueue } from "../../observability/Metrics.ts"
 import { type BatchResult, MessageOutcome, type SinkDriver, SinkError, type SinkHealth } from "../Contract.ts"
 
 /** How a sink's queue is sized. */
@@ -62,6 +63,7 @@ export const makeSinkQueue = (driver: SinkDriver, settings: SinkQueueSettings): 
             discard: true
           })).pipe(Effect.andThen(Queue.shutdown(q)))
     )
+    yield* watchSinkQueue(driver.name, settings.capacity, () => Queue.sizeUnsafe(queue))
 
     /** One driver write of several shares; each share gets its slice of the outcomes. */
     const writeMerged = (shares: ReadonlyArray<Share>) => {
