@@ -234,6 +234,8 @@ export class Connection implements Replier, Replaceable {
     }
     this.process(chunk)
     this.afterChunk()
+    // closed by this read (a fatal error): the lingering close reads and discards on its own
+    if ((this.state as State) === "closed") return true
     if (this.state !== "open" || (this.held.length > 0 && !this.pumping) || !this.hasRoom()) {
       this.socket.pause()
       this.attention = true
