@@ -5,12 +5,10 @@
  * showed a defect of that commit and pass on its fix; the others cover risks that held.
  */
 import { afterEach, describe, expect, it } from "@effect/vitest"
-import * as Path from "node:path"
-import { DatabaseSync } from "node:sqlite"
 import { type Answer, Device, event, telemetry } from "../support/client.ts"
 import { startGateway, type TestGateway } from "../support/gateway.ts"
 import { sleep } from "../support/poll.ts"
-import { rows } from "../support/store.ts"
+import { holdWriteLock, rows } from "../support/store.ts"
 
 const running: Array<TestGateway> = []
 const devices: Array<Device> = []
@@ -38,15 +36,7 @@ const openFleet = async (g: TestGateway, n: number, prefix: string) => {
 
 /** Takes SQLite's write lock on the gateway's store until the returned function is called. */
 const lockStore = (g: TestGateway) => {
-  const db = new DatabaseSync(Path.join(g.dataDir, "gateway.db"))
-  db.exec("BEGIN IMMEDIATE")
-  let held = true
-  const release = () => {
-    if (!held) return
-    held = false
-    db.exec("ROLLBACK")
-    db.close()
-  }
+  const release = holdWriteLock(g.dataDir)
   cleanups.push(release)
   return release
 }

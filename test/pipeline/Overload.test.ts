@@ -7,7 +7,7 @@ import * as Path from "node:path"
 import { DatabaseSync } from "node:sqlite"
 import { type Answer, Device, event, telemetry } from "../support/client.ts"
 import { startGateway, type TestGateway } from "../support/gateway.ts"
-import { rows } from "../support/store.ts"
+import { holdWriteLock, rows } from "../support/store.ts"
 
 const running: Array<TestGateway> = []
 const cleanups: Array<() => void> = []
@@ -24,15 +24,7 @@ const gateway = async (env: Record<string, string>) => {
 
 /** Takes SQLite's write lock on the gateway's store until the returned function is called. */
 const lockStore = (g: TestGateway) => {
-  const db = new DatabaseSync(Path.join(g.dataDir, "gateway.db"))
-  db.exec("BEGIN IMMEDIATE")
-  let held = true
-  const release = () => {
-    if (!held) return
-    held = false
-    db.exec("ROLLBACK")
-    db.close()
-  }
+  const release = holdWriteLock(g.dataDir)
   cleanups.push(release)
   return release
 }

@@ -20,6 +20,22 @@ export interface MessageRow {
   readonly annotations: string | null
 }
 
+/**
+ * Takes SQLite's write lock on the store in `dataDir` from a connection of the test's own, so the
+ * gateway's writer really cannot commit (SQLITE_BUSY); the returned function releases it (once).
+ */
+export const holdWriteLock = (dataDir: string): (() => void) => {
+  const db = new DatabaseSync(Path.join(dataDir, "gateway.db"))
+  db.exec("BEGIN IMMEDIATE")
+  let held = true
+  return () => {
+    if (!held) return
+    held = false
+    db.exec("ROLLBACK")
+    db.close()
+  }
+}
+
 /** Every row of `messages` for a device (all devices when omitted), ordered by key. */
 export const rows = (dataDir: string, device?: string): Array<MessageRow> => {
   const db = new DatabaseSync(Path.join(dataDir, "gateway.db"), { readOnly: true })
