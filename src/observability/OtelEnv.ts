@@ -59,10 +59,13 @@ const bool = (env: Env, name: string): boolean => {
   throw fail(name, v, "true or false")
 }
 
-const int = (env: Env, name: string, fallback: number, min: number): number => {
+/** The largest delay Node's timers take (a larger one fires after 1 ms). */
+const MAX_MS = 2_147_483_647
+
+const int = (env: Env, name: string, fallback: number, min: number, max = MAX_MS): number => {
   const v = get(env, name)
   if (v === undefined) return fallback
-  if (!/^\d{1,10}$/.test(v) || Number(v) < min) throw fail(name, v, `an integer of at least ${min}`)
+  if (!/^\d{1,10}$/.test(v) || Number(v) < min || Number(v) > max) throw fail(name, v, `an integer from ${min} to ${max}`)
   return Number(v)
 }
 
@@ -151,9 +154,10 @@ export const readTracingSettings = (serviceName: string, env: Env = process.env)
   if (chosen.name === "always_off") return undefined
   const batch: BatchSettings = {
     scheduledDelayMillis: int(env, "OTEL_BSP_SCHEDULE_DELAY", 5_000, 0),
-    maxQueueSize: int(env, "OTEL_BSP_MAX_QUEUE_SIZE", 2_048, 1),
-    maxExportBatchSize: int(env, "OTEL_BSP_MAX_EXPORT_BATCH_SIZE", 512, 1),
-    exportTimeoutMillis: int(env, "OTEL_BSP_EXPORT_TIMEOUT", 30_000, 0)
+    // bounded: queued spans are outside the memory budget (1,000,000 spans is ~1 GB at most)
+    maxQueueSize: int(env, "OTEL_BSP_MAX_QUEUE_SIZE", 2_048, 1, 1_000_000),
+    maxExportBatchSize: int(env, "OTEL_BSP_MAX_EXPORT_BATCH_SIZE", 512, 1, 65_536),
+    exportTimeoutMillis: int(env, "OTEL_BSP_EXPORT_TIMEOUT", 30_000, 1)
   }
   if (batch.maxExportBatchSize > batch.maxQueueSize) {
     throw fail("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", String(batch.maxExportBatchSize), `at most OTEL_BSP_MAX_QUEUE_SIZE (${batch.maxQueueSize})`)

@@ -108,9 +108,17 @@ export class SpanBatcher<A> {
       finished = true
       clearTimeout(deadline)
       if (!ok) this.failed += batch.length
+      if (this.queue.length >= n) {
+        // the next export on a later turn: an exporter that fails at once (its concurrency limit)
+        // would otherwise recurse through the whole queue on the answer path
+        setImmediate(() => {
+          this.exporting = false
+          this.exportNext()
+        })
+        return
+      }
       this.exporting = false
-      if (this.queue.length >= n) this.exportNext()
-      else {
+      {
         if (this.queue.length > 0 && !this.closed) this.timer ??= this.startTimer()
         this.settle()
       }

@@ -90,8 +90,12 @@ describe("OtelEnv", () => {
     expect(error({ ...ENDPOINT, OTEL_EXPORTER_OTLP_PROTOCOL: "grpc" })).toBe(
       `OTEL_EXPORTER_OTLP_PROTOCOL="grpc": expected http/protobuf or http/json (grpc is not supported)`
     )
-    expect(error({ ...ENDPOINT, OTEL_BSP_MAX_QUEUE_SIZE: "0" })).toBe(`OTEL_BSP_MAX_QUEUE_SIZE="0": expected an integer of at least 1`)
-    expect(error({ ...ENDPOINT, OTEL_BSP_SCHEDULE_DELAY: "5s" })).toBe(`OTEL_BSP_SCHEDULE_DELAY="5s": expected an integer of at least 0`)
+    expect(error({ ...ENDPOINT, OTEL_BSP_MAX_QUEUE_SIZE: "0" })).toBe(`OTEL_BSP_MAX_QUEUE_SIZE="0": expected an integer from 1 to 1000000`)
+    expect(error({ ...ENDPOINT, OTEL_BSP_SCHEDULE_DELAY: "5s" })).toBe(`OTEL_BSP_SCHEDULE_DELAY="5s": expected an integer from 0 to 2147483647`)
+    // past what Node's timers take (they would fire after 1 ms), and a zero export timeout
+    expect(error({ ...ENDPOINT, OTEL_BSP_SCHEDULE_DELAY: "9999999999" })).toBe(`OTEL_BSP_SCHEDULE_DELAY="9999999999": expected an integer from 0 to 2147483647`)
+    expect(error({ ...ENDPOINT, OTEL_BSP_EXPORT_TIMEOUT: "0" })).toBe(`OTEL_BSP_EXPORT_TIMEOUT="0": expected an integer from 1 to 2147483647`)
+    expect(error({ ...ENDPOINT, OTEL_BSP_MAX_QUEUE_SIZE: "2000000" })).toBe(`OTEL_BSP_MAX_QUEUE_SIZE="2000000": expected an integer from 1 to 1000000`)
     expect(error({ ...ENDPOINT, OTEL_BSP_MAX_QUEUE_SIZE: "10", OTEL_BSP_MAX_EXPORT_BATCH_SIZE: "20" })).toBe(
       `OTEL_BSP_MAX_EXPORT_BATCH_SIZE="20": expected at most OTEL_BSP_MAX_QUEUE_SIZE (10)`
     )

@@ -22,6 +22,9 @@ const recorder = (auto: boolean) => {
 
 const settings = { scheduledDelayMillis: 50, maxQueueSize: 10, maxExportBatchSize: 4, exportTimeoutMillis: 10_000 }
 
+/** Resolves after the current turn of the event loop. */
+const nextTurn = () => new Promise<void>((resolve) => setImmediate(resolve))
+
 describe("SpanBatcher", () => {
   it("exports a full batch at once and a partial one after the schedule delay", async () => {
     const r = recorder(true)
@@ -35,6 +38,26 @@ describe("SpanBatcher", () => {
     expect(b.takeCounts()).toEqual({ dropped: 0, failed: 0 })
   })
 
+  it("an exporter that fails at once (its concurrency limit) does not recurse through the queue", async () => {
+    let calls = 0
+    let first: ((ok: boolean) => void) | undefined
+    // the first export hangs; every later one fails inside the call, as OTel's does at its limit
+    const exportBatch: ExportBatch<number> = (_batch, done) => {
+      calls++
+      if (first === undefined) first = done
+      else done(false)
+    }
+    const b = new SpanBatcher({ ...settings, maxQueueSize: 100_000, maxExportBatchSize: 1 }, exportBatch)
+    for (let i = 0; i < 100_000; i++) b.add(i)
+    expect(calls).toBe(1)
+    first!(false) // before: 99,999 exports failing into each other in this one call (a stack overflow)
+    expect(calls).toBe(1)
+    await nextTurn()
+    expect(calls).toBe(2)
+    await nextTurn()
+    expect(calls).toBe(3)
+  })
+
   it("exports one batch at a time, drops what a full queue cannot hold, and counts it", async () => {
     const r = recorder(false)
     const b = new SpanBatcher(settings, r.exportBatch)
@@ -44,8 +67,10 @@ describe("SpanBatcher", () => {
     expect(b.size()).toBe(10)
     expect(b.takeCounts()).toEqual({ dropped: 6, failed: 0 })
     r.pending.shift()!(true)
+    await nextTurn() // the next export starts on a later turn, never inside the last one's answer
     expect(r.batches).toEqual([[1, 2, 3, 4], [5, 6, 7, 8]])
     r.pending.shift()!(false)
+    await nextTurn()
     expect(r.batches[2]).toEqual([9, 10, 11, 12])
     r.pending.shift()!(true)
     // two left: a partial batch, after the delay
