@@ -5,6 +5,8 @@
  * it with plain synchronous code (no Effect per frame; the ingest stages run synchronously on
  * the chunk's data frames), and suspends only to apply backpressure: while its
  * in-flight window (`GATEWAY_MAX_INFLIGHT`) or its output buffer is full it does not read.
+ * A fleet's common read, a frame or a few (≤ 4 KiB) arriving while that fiber waits for input,
+ * is handled the same way inside the socket's `data` event, without waking the fiber.
  * Pings are answered inline, never queued behind data; events that find the critical lane full
  * wait in this connection (a pump fiber offers them, in order) while reading goes on until the
  * window fills. Answers leave in send order ({@link OrderedAnswers}). Every message is charged
