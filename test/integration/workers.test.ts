@@ -265,6 +265,8 @@ describe("GATEWAY_WORKERS=2", () => {
   it("both workers serve the one port; the node's metrics are their sum", async () => {
     const { node, dataDir } = await startNode()
     expect(linesOf(node, "listening")).toHaveLength(1)
+    // a worker's own line may reach the pipe just after the node's (once on CI): wait for both
+    await until("both workers' listening lines", 5_000, () => workerAdminPorts(node).size === 2)
     const perWorker = workerAdminPorts(node)
     expect([...perWorker.keys()].sort()).toEqual([0, 1])
 
