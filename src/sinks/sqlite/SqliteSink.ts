@@ -88,6 +88,8 @@ export interface SqliteSinkOptions {
   readonly synchronous: "normal" | "full"
   /** Milliseconds between background WAL checkpoints. */
   readonly checkpointEveryMs?: number
+  /** WAL frames above which the WAL is restarted (see SqliteCheckpointer.ts). */
+  readonly walRestartFrames?: number
   /** The largest batch the writer is sent, in frame bytes (batch bytes + one frame): sizes its heap. */
   readonly maxBatchBytes?: number
   /** How long the start waits for the store check (default {@link START_CHECK_BUDGET_MS}; 0: not at all). */
@@ -117,6 +119,12 @@ const SMALL_PROBE_BYTES = 64
 
 /** Milliseconds without a write (batch, dead letters or probe) after which the sink probes the store. */
 export const PROBE_EVERY_MS = 1_000
+
+/**
+ * WAL frames (4 MiB at SQLite's 4 KiB pages) above which the checkpointer asks the writer to
+ * restart the WAL (SqliteCheckpointer.ts): below this a WAL is left to restart by itself.
+ */
+const WAL_RESTART_FRAMES = 1024
 
 /** 1 while the sink takes writes (what `/readyz` reports), 0 otherwise. */
 const healthyGauge = sinkHealthy("sqlite")
@@ -195,9 +203,11 @@ export const make = Effect.fn("SqliteSink.make")(function*(options: SqliteSinkOp
   const checkStarted = performance.now()
   const check = storeBytes(path) <= (options.inlineCheckMaxBytes ?? INLINE_CHECK_BYTES) ? checkNow(path) : yield* startCheck(path)
 
+  // the checkpointer raises it when the WAL should start over; the writer restarts it between batches
+  const walRestart = new Int32Array(new SharedArrayBuffer(4))
   const writer = yield* startWorker(
     "./SqliteWriter.ts",
-    { path, synchronous: options.synchronous, raiseStates: options.statesInBatch ?? true },
+    { path, synchronous: options.synchronous, raiseStates: options.statesInBatch ?? true, walRestart },
     writerHeapMb(options.maxBatchBytes)
   )
   yield* Effect.callback<void, PermanentPersistenceError>((resume) => {
@@ -205,7 +215,12 @@ export const make = Effect.fn("SqliteSink.make")(function*(options: SqliteSinkOp
     writer.once("error", (cause) =>
       resume(Effect.fail(new PermanentPersistenceError({ sink: "sqlite", message: `writer failed: ${describe(cause)}`, cause }))))
   })
-  const checkpointer = yield* startWorker("./SqliteCheckpointer.ts", { path, everyMs: options.checkpointEveryMs ?? 250 })
+  const checkpointer = yield* startWorker("./SqliteCheckpointer.ts", {
+    path,
+    everyMs: options.checkpointEveryMs ?? 250,
+    restartFrames: options.walRestartFrames ?? WAL_RESTART_FRAMES,
+    walRestart
+  })
   // a thread that cannot start (e.g. no file descriptor left) stops the start with one line
   yield* Effect.callback<void, PermanentPersistenceError>((resume) => {
     checkpointer.once("online", () => resume(Effect.void))

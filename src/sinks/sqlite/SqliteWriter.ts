@@ -77,17 +77,34 @@ export type WriteReply =
     readonly fatal: boolean
   }
 
-const { path, synchronous, raiseStates } = workerData as {
+const { path, synchronous, raiseStates, walRestart } = workerData as {
   readonly path: string
   readonly synchronous: "normal" | "full"
   /** False when `device_state` is raised by the device-state service (other sinks in the routes). */
   readonly raiseStates: boolean
+  /** 1 when the checkpointer asks for the WAL to be restarted (SqliteCheckpointer.ts). */
+  readonly walRestart: Int32Array
 }
 const db = openDatabase(path, synchronous)
 const statements = prepare(db)
 // the files commits go to, as opened: checked after every write, before its reply (and so its acks)
 const opened = storeIdentity(path)
 const port = parentPort!
+const restart = db.prepare("PRAGMA wal_checkpoint(RESTART)")
+
+/**
+ * Copies what the checkpointer's last pass left and lets the next commit start the WAL over.
+ * Without a busy handler (the write lock's is ours): a reader or another process's writer in
+ * the way leaves the request up for after the next batch.
+ */
+const restartWal = () => {
+  try {
+    const done = restart.get() as { readonly busy: number } | undefined
+    if (done !== undefined && done.busy === 0) Atomics.store(walRestart, 0, 0)
+  } catch {
+    // busy or failing: after the next batch again (a failing store shows in the batches)
+  }
+}
 
 /** Set once the store can take no more writes; every later request fails with it, unwritten. */
 let fatal: { readonly fault: Fault; readonly message: string } | undefined
@@ -141,5 +158,7 @@ port.on("message", (request: WriteRequest | DeadLetterRequest | StateRequest | P
     }
   }
   port.postMessage(reply, reply.ok ? [reply.outcomes.buffer as ArrayBuffer] : [])
+  // after the reply, so its acks do not wait for it
+  if (fatal === undefined && Atomics.load(walRestart, 0) === 1) restartWal()
 })
 port.postMessage("ready")
