@@ -31,6 +31,7 @@ import {
   writeStates,
   writeDeadLetters
 } from "./SqliteStore.ts"
+import { WalRestart } from "./WalRestart.ts"
 
 /** A batch to commit. */
 export interface WriteRequest {
@@ -77,12 +78,12 @@ export type WriteReply =
     readonly fatal: boolean
   }
 
-const { path, synchronous, raiseStates, walRestart } = workerData as {
+const { path, synchronous, raiseStates, walRestart: walRestartSlots } = workerData as {
   readonly path: string
   readonly synchronous: "normal" | "full"
   /** False when `device_state` is raised by the device-state service (other sinks in the routes). */
   readonly raiseStates: boolean
-  /** 1 when the checkpointer asks for the WAL to be restarted (SqliteCheckpointer.ts). */
+  /** Shared with the checkpointer: see {@link WalRestart}. */
   readonly walRestart: Int32Array
 }
 const db = openDatabase(path, synchronous)
@@ -90,21 +91,7 @@ const statements = prepare(db)
 // the files commits go to, as opened: checked after every write, before its reply (and so its acks)
 const opened = storeIdentity(path)
 const port = parentPort!
-const restart = db.prepare("PRAGMA wal_checkpoint(RESTART)")
-
-/**
- * Copies what the checkpointer's last pass left and lets the next commit start the WAL over.
- * Without a busy handler (the write lock's is ours): a reader or another process's writer in
- * the way leaves the request up for after the next batch.
- */
-const restartWal = () => {
-  try {
-    const done = restart.get() as { readonly busy: number } | undefined
-    if (done !== undefined && done.busy === 0) Atomics.store(walRestart, 0, 0)
-  } catch {
-    // busy or failing: after the next batch again (a failing store shows in the batches)
-  }
-}
+const walRestart = new WalRestart(walRestartSlots)
 
 /** Set once the store can take no more writes; every later request fails with it, unwritten. */
 let fatal: { readonly fault: Fault; readonly message: string } | undefined
@@ -159,6 +146,6 @@ port.on("message", (request: WriteRequest | DeadLetterRequest | StateRequest | P
   }
   port.postMessage(reply, reply.ok ? [reply.outcomes.buffer as ArrayBuffer] : [])
   // after the reply, so its acks do not wait for it
-  if (fatal === undefined && Atomics.load(walRestart, 0) === 1) restartWal()
+  walRestart.holdIfWanted()
 })
 port.postMessage("ready")
