@@ -8,47 +8,59 @@
  * runs. The file would grow for as long as the load lasts (measured: 730 MB in 10 s at 20,000
  * msgs/s from 1,000 devices), every append to its new end paying the kernel's zeroing of fresh
  * pages. So once the WAL holds more than `restartFrames` frames, this thread repeats the pass
- * until one finds only a small tail to copy, then asks the writer to hold between two batches
- * ({@link WalRestart}) and copies that tail while it does: the writer's next commit finds every
- * frame copied and starts the WAL over. The file stays about as large as `restartFrames` plus a
- * tick's writes, reused in place. The hold is bounded (the writer goes on after `holdMs`; the
- * WAL then restarts at a later tick), except once the WAL is four times `restartFrames`, where
- * the writer waits up to a second: the WAL's size stays bounded even when checkpoints are slow.
+ * until one finds only a small tail to copy, then takes the write lock on a second connection
+ * (every writer, in every process sharing the store, waits for it as for another's commit),
+ * copies that tail, and lets go: the next commit finds every frame copied and starts the WAL
+ * over. The file stays about as large as `restartFrames` plus a tick's writes, reused in place.
+ * The lock is polled for (every 0.1 ms, as the writers poll: SQLite's own busy handler sleeps
+ * for milliseconds and never catches the gap between back-to-back commits) for `LOCK_WAIT_MS` (a restart that cannot get it is tried at a later
+ * tick), up to a second once the WAL is four times `restartFrames`: its size stays bounded.
  */
 import { DatabaseSync } from "node:sqlite"
 import { workerData } from "node:worker_threads"
-import { WalRestart } from "./WalRestart.ts"
+import { whileBusy } from "./SqliteWriteLock.ts"
 
-const { path, everyMs, restartFrames, walRestart } = workerData as {
+const { path, everyMs, restartFrames } = workerData as {
   readonly path: string
   readonly everyMs: number
   /** WAL frames above which the WAL is restarted. */
   readonly restartFrames: number
-  /** Shared with the writer: see {@link WalRestart}. */
-  readonly walRestart: Int32Array
 }
 const db = new DatabaseSync(path)
 db.exec("PRAGMA busy_timeout = 1000")
 const passive = db.prepare("PRAGMA wal_checkpoint(PASSIVE)")
-const restart = new WalRestart(walRestart)
+/** Holds the write lock while the last tail is copied (polling for it as the writers do). */
+const holder = new DatabaseSync(path)
+holder.exec("PRAGMA busy_timeout = 0")
 
-/** Passes before the held one, each copying what landed during the one before. */
+/** Passes before the one under the lock, each copying what landed during the one before. */
 const MAX_PASSES = 4
-/** Frames that may land during a pass for the next to be the held one. */
+/** Frames that may land during a pass for the next to be the one under the lock. */
 const TAIL_FRAMES = 256
-/** How long the writer holds, normally; a second once the WAL is four times `restartFrames`. */
-const HOLD_MS = 50
-const FORCED_HOLD_MS = 1_000
-/** How long this thread waits for the writer to reach the end of its batch. */
-const REACH_MS = 50
+/** How long the lock is waited for, normally; a second once the WAL is four times `restartFrames`. */
+const LOCK_WAIT_MS = 50
+const FORCED_LOCK_WAIT_MS = 1_000
 
 interface Checkpointed {
-  readonly busy: number
   readonly log: number
-  readonly checkpointed: number
 }
 
 const pass = () => passive.get() as unknown as Checkpointed
+
+/** The last tail copied under the write lock; false when the lock could not be had in `waitMs`. */
+const copyTailLocked = (waitMs: number): boolean => {
+  try {
+    whileBusy(() => holder.exec("BEGIN IMMEDIATE"), waitMs)
+  } catch {
+    return false
+  }
+  try {
+    pass()
+  } finally {
+    holder.exec("ROLLBACK")
+  }
+  return true
+}
 
 setInterval(() => {
   try {
@@ -59,7 +71,7 @@ setInterval(() => {
       done = pass()
       if (done.log - before <= TAIL_FRAMES) break
     }
-    restart.whileWriterHolds(done.log > 4 * restartFrames ? FORCED_HOLD_MS : HOLD_MS, REACH_MS, pass)
+    copyTailLocked(done.log > 4 * restartFrames ? FORCED_LOCK_WAIT_MS : LOCK_WAIT_MS)
   } catch {
     // busy or closing: the next tick tries again
   }

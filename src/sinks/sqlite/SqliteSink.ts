@@ -47,7 +47,6 @@ import {
   storeIdentity
 } from "./SqliteStore.ts"
 import type { DeadLetterRequest, ProbeRequest, StateRequest, WriteReply, WriteRequest } from "./SqliteWriter.ts"
-import { WalRestart } from "./WalRestart.ts"
 
 /** The result of writing one batch to the store. */
 export interface WriteResult {
@@ -123,7 +122,7 @@ export const PROBE_EVERY_MS = 1_000
 
 /**
  * WAL frames (64 MiB at SQLite's 4 KiB pages) above which the checkpointer restarts the WAL
- * (SqliteCheckpointer.ts), holding the writer for one short checkpoint (measured 7–18 ms):
+ * (SqliteCheckpointer.ts), holding the write lock for one short checkpoint (measured 7–18 ms):
  * at 20,000 msgs/s from 1,000 devices (~4 KiB of WAL a message: each row dirties its device's
  * index page) about every 0.7 s. Below this a WAL is left to restart by itself.
  */
@@ -206,11 +205,9 @@ export const make = Effect.fn("SqliteSink.make")(function*(options: SqliteSinkOp
   const checkStarted = performance.now()
   const check = storeBytes(path) <= (options.inlineCheckMaxBytes ?? INLINE_CHECK_BYTES) ? checkNow(path) : yield* startCheck(path)
 
-  // the checkpointer's and the writer's hand-shake to start the WAL over (WalRestart.ts)
-  const walRestart = WalRestart.shared()
   const writer = yield* startWorker(
     "./SqliteWriter.ts",
-    { path, synchronous: options.synchronous, raiseStates: options.statesInBatch ?? true, walRestart },
+    { path, synchronous: options.synchronous, raiseStates: options.statesInBatch ?? true },
     writerHeapMb(options.maxBatchBytes)
   )
   yield* Effect.callback<void, PermanentPersistenceError>((resume) => {
@@ -221,8 +218,7 @@ export const make = Effect.fn("SqliteSink.make")(function*(options: SqliteSinkOp
   const checkpointer = yield* startWorker("./SqliteCheckpointer.ts", {
     path,
     everyMs: options.checkpointEveryMs ?? 250,
-    restartFrames: options.walRestartFrames ?? WAL_RESTART_FRAMES,
-    walRestart
+    restartFrames: options.walRestartFrames ?? WAL_RESTART_FRAMES
   })
   // a thread that cannot start (e.g. no file descriptor left) stops the start with one line
   yield* Effect.callback<void, PermanentPersistenceError>((resume) => {

@@ -31,7 +31,6 @@ import {
   writeStates,
   writeDeadLetters
 } from "./SqliteStore.ts"
-import { WalRestart } from "./WalRestart.ts"
 
 /** A batch to commit. */
 export interface WriteRequest {
@@ -78,20 +77,17 @@ export type WriteReply =
     readonly fatal: boolean
   }
 
-const { path, synchronous, raiseStates, walRestart: walRestartSlots } = workerData as {
+const { path, synchronous, raiseStates } = workerData as {
   readonly path: string
   readonly synchronous: "normal" | "full"
   /** False when `device_state` is raised by the device-state service (other sinks in the routes). */
   readonly raiseStates: boolean
-  /** Shared with the checkpointer: see {@link WalRestart}. */
-  readonly walRestart: Int32Array
 }
 const db = openDatabase(path, synchronous)
 const statements = prepare(db)
 // the files commits go to, as opened: checked after every write, before its reply (and so its acks)
 const opened = storeIdentity(path)
 const port = parentPort!
-const walRestart = new WalRestart(walRestartSlots)
 
 /** Set once the store can take no more writes; every later request fails with it, unwritten. */
 let fatal: { readonly fault: Fault; readonly message: string } | undefined
@@ -145,7 +141,5 @@ port.on("message", (request: WriteRequest | DeadLetterRequest | StateRequest | P
     }
   }
   port.postMessage(reply, reply.ok ? [reply.outcomes.buffer as ArrayBuffer] : [])
-  // after the reply, so its acks do not wait for it
-  walRestart.holdIfWanted()
 })
 port.postMessage("ready")

@@ -53,6 +53,32 @@ describe("SQLite sink WAL", () => {
       expect(largest).toBeLessThan(64 * 1024 * 1024)
     }).pipe(Effect.provide(Logger.layer([]))), 60_000)
 
+  it.live("stays bounded with two sinks sharing the store (a node's workers), both committing back to back", () =>
+    Effect.gen(function*() {
+      const dir = tempDir("gw-wal-")
+      const wal = Path.join(dir, "gateway.db-wal")
+      const scope = yield* Scope.make()
+      const open = () =>
+        SqliteSink.make({ dataDir: dir, synchronous: "normal", checkpointEveryMs: 50, walRestartFrames: 256 }).pipe(Scope.provide(scope))
+      const sinks = [yield* open(), yield* open()]
+      let largest = 0
+      yield* Effect.forEach(sinks, (sink, s) =>
+        Effect.gen(function*() {
+          for (let b = 0; b < BATCHES / 2; b++) {
+            const batch = Array.from({ length: DEVICES }, (_, d) => telemetryEnvelope(`wal-${s}-${String(d).padStart(4, "0")}`, b))
+            expect((yield* sink.write(batch)).outcomes).toEqual(new Uint8Array(DEVICES))
+            largest = Math.max(largest, Fs.statSync(wal).size)
+          }
+        }), { concurrency: 2, discard: true })
+      yield* Scope.close(scope, Exit.void)
+      const db = new DatabaseSync(Path.join(dir, "gateway.db"), { readOnly: true })
+      const stored = (db.prepare("SELECT count(*) AS n FROM messages").get() as { n: number }).n
+      db.close()
+      Fs.rmSync(dir, { recursive: true, force: true })
+      expect(stored).toBe(DEVICES * BATCHES)
+      expect(largest).toBeLessThan(64 * 1024 * 1024)
+    }).pipe(Effect.provide(Logger.layer([]))), 60_000)
+
   it.live("grown past its limit while a reader held its restart off, it is cut back once it starts over", () =>
     Effect.gen(function*() {
       const dir = tempDir("gw-wal-")
