@@ -17,6 +17,7 @@ const LOAD = [
   "test/sinks/nats/JetStreamCluster.test.ts",
   "test/sinks/postgres/PostgresChaos.test.ts",
   "test/sinks/outbox/OutboxChaos.test.ts",
+  "test/sinks/sqlite/SqliteWal*.test.ts",
   "test/sinks/contract/nats.contract.test.ts",
   "test/sinks/contract/postgres.contract.test.ts",
   "test/observability/MetricsContract.test.ts",
