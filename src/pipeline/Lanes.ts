@@ -96,8 +96,10 @@ export class Lanes extends Context.Service<Lanes, LanesShape>()("gateway/Lanes")
         Metrics.record(Metrics.errors("OverloadError"), 1)
       }
 
+      // a doorbell already rung is left alone: offering into the full sliding queue would drop
+      // and re-add its one value (allocations on every socket read)
       const ring = () => {
-        Queue.offerUnsafe(doorbell, true)
+        if (Queue.sizeUnsafe(doorbell) === 0) Queue.offerUnsafe(doorbell, true)
       }
 
       return Lanes.of({
