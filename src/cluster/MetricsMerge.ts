@@ -5,7 +5,7 @@
  * `_count` each add up), and gauges that count or measure things (connections, queue depth and
  * capacity, bytes held, memory budget, resident memory). The exceptions are gauges that are a
  * statistic of one process or a state ({@link MAXIMUM}: event-loop lag quantiles and maximum, the
- * breaker state): the node's is its worst worker's. Summary quantiles cannot be merged and are
+ * breaker state, the size of the store's WAL that all workers share): the node's is its worst worker's. Summary quantiles cannot be merged and are
  * left out (the gateway has none).
  *
  * A worker that dies takes its counters with it, and a restarted one counts from zero: the
@@ -118,10 +118,14 @@ const formatValue = (n: number) => n === Infinity ? "+Inf" : n === -Infinity ? "
 
 /**
  * Gauge families whose value for the node is the largest of its workers' (a per-process
- * statistic or a state code, not a quantity): event-loop lag, and a sink's breaker state (the
- * worst worker's: 2 open, not 1 + 1 half-open).
+ * statistic or a state code, not a quantity): event-loop lag, a sink's breaker state (the
+ * worst worker's: 2 open, not 1 + 1 half-open), and the size of the WAL of the store they share.
  */
-export const MAXIMUM: ReadonlyArray<RegExp> = [/^nodejs_eventloop_lag_/, /^gateway_sink_breaker_state$/]
+export const MAXIMUM: ReadonlyArray<RegExp> = [
+  /^nodejs_eventloop_lag_/,
+  /^gateway_sink_breaker_state$/,
+  /^gateway_sqlite_wal_bytes$/ // every worker sees the one shared file
+]
 
 /**
  * Merges several expositions: samples of identical series add up (the largest wins in the

@@ -182,15 +182,27 @@ export const watchSinkQueue = (sink: string, capacity: number, depth: () => numb
       description: "capacity of a sink's own queue, in shares of batches",
       attributes: { sink }
     }), capacity)
-    const gauge = Metric.gauge("gateway_sink_queue_depth", {
+    yield* readAtScrape(Metric.gauge("gateway_sink_queue_depth", {
       description: "shares of batches waiting in a sink's own queue (not yet with its driver)",
       attributes: { sink }
-    })
-    yield* Effect.acquireRelease(
-      Effect.sync(() => Metric.registerUnsafe(gauge, empty, { get: () => ({ value: depth() }), update: () => {}, modify: () => {} })),
-      (registration) => Effect.sync(() => registration.remove())
-    )
+    }), depth)
   })
+
+/**
+ * The size of the embedded store's write-ahead log file in bytes (read at each scrape), for the
+ * life of the scope: what the checkpointer keeps bounded (README, The store).
+ */
+export const watchStoreWal = (bytes: () => number): Effect.Effect<void, never, Scope.Scope> =>
+  readAtScrape(Metric.gauge("gateway_sqlite_wal_bytes", {
+    description: "bytes of the SQLite store's write-ahead log file (gateway.db-wal), read at each scrape"
+  }), bytes)
+
+/** A gauge whose value `get` gives whenever it is read, for the life of the scope. */
+const readAtScrape = (gauge: Metric.Metric<number, Metric.GaugeState<number>>, get: () => number) =>
+  Effect.asVoid(Effect.acquireRelease(
+    Effect.sync(() => Metric.registerUnsafe(gauge, empty, { get: () => ({ value: get() }), update: () => {}, modify: () => {} })),
+    (registration) => Effect.sync(() => registration.remove())
+  ))
 
 /** Devices with dedup state (bounded by GATEWAY_DEDUP_DEVICES). */
 export const dedupDevices = Metric.gauge("gateway_dedup_devices", { description: "devices with dedup window state" })

@@ -30,7 +30,7 @@ import * as Url from "node:url"
 import { Worker } from "node:worker_threads"
 import type { Envelope } from "../../domain/Envelope.ts"
 import { PermanentPersistenceError, TransientUpstreamError } from "../../domain/Errors.ts"
-import { record, sinkHealthy } from "../../observability/Metrics.ts"
+import { record, sinkHealthy, watchStoreWal } from "../../observability/Metrics.ts"
 import type { DeadLetter } from "../DeadLetters.ts"
 import { Outcome } from "../Outcome.ts"
 import { check as checkStore, type CheckReply } from "./SqliteCheck.ts"
@@ -199,6 +199,7 @@ export const make = Effect.fn("SqliteSink.make")(function*(options: SqliteSinkOp
     (db) => closeAndCheckpoint(db, path, opened)
   )
   const selectState = reader.prepare(`SELECT last_seq FROM device_state WHERE device = ? AND epoch = ?`)
+  yield* watchStoreWal(() => walBytes(path))
 
   // the structural check: a small store's here and now (~20 ms for 10 MB), a larger one's in its
   // own process while the writer starts
@@ -493,8 +494,16 @@ const closeAndCheckpoint = (db: DatabaseSync, path: string, opened: ReadonlyArra
 /** Stores up to this size (database and WAL) are checked in the start itself, without a process. */
 export const INLINE_CHECK_BYTES = 32 * 1024 * 1024
 
-const storeBytes = (path: string) =>
-  (Fs.statSync(path, { throwIfNoEntry: false })?.size ?? 0) + (Fs.statSync(path + "-wal", { throwIfNoEntry: false })?.size ?? 0)
+const storeBytes = (path: string) => (Fs.statSync(path, { throwIfNoEntry: false })?.size ?? 0) + walBytes(path)
+
+/** The size of the store's WAL file (0 when there is none, or it cannot be looked at). */
+const walBytes = (path: string): number => {
+  try {
+    return Fs.statSync(path + "-wal", { throwIfNoEntry: false })?.size ?? 0
+  } catch {
+    return 0
+  }
+}
 
 /** The store check run now, on this thread. */
 const checkNow = (path: string) => {
