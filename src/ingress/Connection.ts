@@ -375,9 +375,13 @@ export class Connection implements Replier, Replaceable {
 
   private onFrame(buf: Buffer, start: number, end: number): void {
     if (this.state !== "open") return
-    const bytes = buf.subarray(start, end)
-    if (!isUtf8(bytes)) return this.fatal("protocol", "frame is not valid UTF-8", "protocol_error")
-    this.handle(bytes.toString("utf8"), end - start)
+    const text = buf.toString("utf8", start, end)
+    // decoding replaces every invalid sequence with U+FFFD: without one the bytes were valid
+    // UTF-8 (no view and no second pass over them); with one, the bytes decide
+    if (text.includes("\uFFFD") && !isUtf8(buf.subarray(start, end))) {
+      return this.fatal("protocol", "frame is not valid UTF-8", "protocol_error")
+    }
+    this.handle(text, end - start)
   }
 
   private handle(text: string, size: number): void {

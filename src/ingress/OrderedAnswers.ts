@@ -8,10 +8,16 @@
  */
 /**
  * The empty tables every idle connection shares (never written: `open` makes a connection its
- * own on its first ticket, and a drained table goes back to these).
+ * own on its first ticket, and a table drained after a burst goes back to these).
  */
 const NONE: Array<string | undefined> = []
 const NO_COSTS: Array<number> = []
+
+/**
+ * A table drained with at most this many tickets is kept for the next ones (its storage is ~8
+ * bytes a ticket, at most ~1 KB); a larger one, from a burst, is let go.
+ */
+const KEEP_TABLES_UP_TO = 64
 
 export class OrderedAnswers {
   /** Answers of tickets `base .. base + slots.length - 1`; undefined while pending. */
@@ -82,9 +88,20 @@ export class OrderedAnswers {
     }
     if (head === slots.length) {
       this.base += head
-      this.slots = NONE
-      this.costs = NO_COSTS
       this.head = 0
+      if (head > KEEP_TABLES_UP_TO) {
+        this.slots = NONE
+        this.costs = NO_COSTS
+      } else {
+        // a device with a frame or a few in flight keeps its small tables: making them anew for
+        // every message was two arrays and their growth per frame (popped, not `length = 0`,
+        // which frees their storage)
+        const costs = this.costs
+        while (slots.length > 0) {
+          slots.pop()
+          costs.pop()
+        }
+      }
     } else if (head > 1024 && head * 2 > slots.length) {
       this.slots = slots.slice(head)
       this.costs = this.costs.slice(head)

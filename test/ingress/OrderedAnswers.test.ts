@@ -164,4 +164,26 @@ describe("OrderedAnswers", () => {
     expect(oa.takeReady()).toBe("") // 7's early answer was not kept
     expect(oa.inflight).toBe(3)
   })
+
+  it("drained tables that are kept (small) or let go (after a burst) number, order and charge the next tickets right", () => {
+    const oa = new OrderedAnswers()
+    let ticket = 0
+    let out = ""
+    // one frame in flight at a time, as a fleet device sends; then bursts of 3, 64, 65 and 500
+    for (const burst of [...Array.from({ length: 1_000 }, () => 1), 3, 64, 65, 500, 1, 1, 2]) {
+      const first = ticket
+      for (let i = 0; i < burst; i++) expect(oa.open(10 + i)).toBe(ticket++)
+      expect(oa.pendingBytes).toBe(burst * 10 + (burst * (burst - 1)) / 2)
+      // answered last to first: nothing leaves before the first of the burst is answered
+      for (let t = ticket - 1; t >= first; t--) {
+        expect(oa.resolve(t, answer(t))).toBe(10 + t - first)
+        if (t > first) expect(oa.takeReady()).toBe("")
+      }
+      expect(oa.resolve(first, answer(first))).toBe(0) // answered once
+      out += oa.takeReady()
+      expect(oa.inflight).toBe(0)
+      expect(oa.pendingBytes).toBe(0)
+    }
+    expect(out).toBe(answersUpTo(ticket))
+  })
 })
