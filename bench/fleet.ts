@@ -10,6 +10,11 @@
  * from the scheduled send time (no coordinated omission: a late send counts its lateness) and,
  * separately, from the actual write. Devices connect in waves and retry `busy` after its
  * `retryAfterMs`, so 10,000 devices can join a gateway with its default accept rate.
+ *
+ * The fleet first sends for `settleMs` on the same connections, and only what is due after that
+ * is measured: a fleet in steady operation. What was due while it settled (every device's first
+ * frames after joining, the server's first writes of their keys) is reported on its own
+ * (`settleP99Ms`), not mixed into the steady figures.
  */
 import * as Net from "node:net"
 import { monitorEventLoopDelay } from "node:perf_hooks"
@@ -26,9 +31,11 @@ export interface FleetOptions {
   /** Fraction of frames that are events (0..1). */
   readonly eventRatio: number
   readonly durationMs: number
+  /** Sending before the measured interval (same devices, same rate); 0: measure from the first send. */
+  readonly settleMs: number
   /** Prefix of device ids (distinct per run so the store sees fresh keys). */
   readonly devicePrefix: string
-  /** Told when the sending starts and ends (to measure CPU over it alone). */
+  /** Told when the measured interval starts and ends (to measure CPU over it alone). */
   readonly interval?: { readonly begin: () => void; readonly end: () => void } | undefined
 }
 
@@ -51,6 +58,8 @@ export interface FleetResult {
   readonly busy: number
   /** The load generator's own event-loop delay p99 while sending (its lateness shows in p99). */
   readonly generatorDelayP99Ms: number
+  /** Latency p99 of the sends due while the fleet settled (its first `settleMs`); NaN without one. */
+  readonly settleP99Ms: number
 }
 
 interface Device {
@@ -79,10 +88,15 @@ export const runFleet = (o: FleetOptions): Promise<FleetResult> =>
   new Promise((resolve, reject) => {
     const fromDue = new Histogram()
     const fromWrite = new Histogram()
+    const settling = new Histogram()
     let acked = 0
     let nacked = 0
     let busy = 0
+    /** Sending (from the first send to the end). */
+    let sending = false
+    /** Measuring: sends due from `measureFrom` on count. */
     let counting = false
+    let measureFrom = Infinity
     let t0 = 0
     let next = 0 // the fleet's next send index
     let welcomed = 0
@@ -129,16 +143,17 @@ export const runFleet = (o: FleetOptions): Promise<FleetResult> =>
             return
           }
         } else if (c === 97 /* a(ck) */ || c === 110 /* n(ack) */) {
-          if (counting) {
+          const due = d.due[d.head]!
+          if (counting && due >= measureFrom) {
             if (c === 97) {
               acked++
-              fromDue.record(now - d.due[d.head]!)
+              fromDue.record(now - due)
               fromWrite.record(now - d.wrote[d.head]!)
             } else nacked++
-          }
+          } else if (sending && c === 97) settling.record(now - due)
           d.head = (d.head + 1) % o.window
           d.inflight--
-          if (d.waiting > 0 && counting) {
+          if (d.waiting > 0 && sending) {
             const dueAt = waitingDue(d, now)
             d.waiting--
             write(d, dueAt)
@@ -161,10 +176,10 @@ export const runFleet = (o: FleetOptions): Promise<FleetResult> =>
         if (last >= 0) onAnswers(d, buf, last + 1)
       })
       socket.on("error", (e) => {
-        if (counting) reject(e)
+        if (sending) reject(e)
       })
       socket.on("close", () => {
-        if (counting && d.socket === socket) reject(new Error(`device ${d.id} was closed during the run`))
+        if (sending && d.socket === socket) reject(new Error(`device ${d.id} was closed during the run`))
       })
     }
 
@@ -187,20 +202,27 @@ export const runFleet = (o: FleetOptions): Promise<FleetResult> =>
     }
 
     const begin = () => {
-      counting = true
-      o.interval?.begin()
-      loopDelay.enable()
+      sending = true
       t0 = performance.now() + 5
       pacer = setInterval(tick, 1)
-      setTimeout(finish, o.durationMs + 5)
+      setTimeout(measure, o.settleMs + 5)
+    }
+
+    const measure = () => {
+      counting = true
+      measureFrom = t0 + o.settleMs
+      o.interval?.begin()
+      loopDelay.enable()
+      setTimeout(finish, o.durationMs)
     }
 
     const finish = () => {
       counting = false
+      sending = false
       o.interval?.end()
       loopDelay.disable()
       if (pacer) clearInterval(pacer)
-      const seconds = (performance.now() - t0) / 1000
+      const seconds = (performance.now() - measureFrom) / 1000
       let behind = 0
       for (const d of devices) {
         behind += d.waiting
@@ -218,7 +240,8 @@ export const runFleet = (o: FleetOptions): Promise<FleetResult> =>
         writeP99Ms: fromWrite.percentile(0.99),
         behind,
         busy,
-        generatorDelayP99Ms: loopDelay.percentile(99) / 1e6
+        generatorDelayP99Ms: loopDelay.percentile(99) / 1e6,
+        settleP99Ms: o.settleMs > 0 ? settling.percentile(0.99) : Number.NaN
       })
     }
 

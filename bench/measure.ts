@@ -82,12 +82,13 @@ export const measure = (name: string, server: () => Promise<Server>, load: Omit<
 
 /**
  * Starts a server, warms it up with the fleet for 2 s, then runs the fleet again (a fresh join)
- * and measures CPU over its sending interval only (not over the devices' join).
+ * and measures CPU over its measured interval only (not over the devices' join, nor the
+ * settling of the fleet's first `settleMs`).
  */
 export const measureFleet = (name: string, server: () => Promise<Server>, fleet: Omit<FleetOptions, "port" | "interval">): Promise<FleetRow> =>
   measureWith(name, server, (port, warmUp, interval) =>
     runFleet(
       warmUp
-        ? { ...fleet, port, durationMs: 2_000, devicePrefix: `${fleet.devicePrefix}-warm` }
+        ? { ...fleet, port, durationMs: 2_000, settleMs: 0, devicePrefix: `${fleet.devicePrefix}-warm` }
         : { ...fleet, port, interval }
     ))
