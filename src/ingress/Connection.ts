@@ -3,10 +3,11 @@
  * → auth → admission → framing → decode → rate limits → ingest stages (validate+normalize,
  * dedup) → lane. The connection is one fiber that pulls a socket chunk, handles every frame of
  * it with plain synchronous code (no Effect per frame; the ingest stages run synchronously on
- * the chunk's data frames), and suspends only to apply backpressure: while its
+ * the data frames, {@link IngestBatch}), and suspends only to apply backpressure: while its
  * in-flight window (`GATEWAY_MAX_INFLIGHT`) or its output buffer is full it does not read.
  * A fleet's common read, a frame or a few (≤ 4 KiB) arriving while that fiber waits for input,
- * is handled the same way inside the socket's `data` event, without waking the fiber.
+ * is handled the same way inside the socket's `data` event, without waking the fiber; its data
+ * frames join the turn's other small reads' for the ingest stages.
  * Pings are answered inline, never queued behind data; events that find the critical lane full
  * wait in this connection (a pump fiber offers them, in order) while reading goes on until the
  * window fills. Answers leave in send order ({@link OrderedAnswers}). Every message is charged
@@ -26,19 +27,16 @@ import { type Budget, messageCost } from "../admission/MemoryBudget.ts"
 import type { GatewayConfigShape } from "../config/GatewayConfig.ts"
 import type { DeviceAuthShape } from "../auth/DeviceAuth.ts"
 import type { RateLimits } from "../auth/DeviceRegistry.ts"
-import type { Envelope } from "../domain/Envelope.ts"
-import type { ErrorCode, ValidationError } from "../domain/Errors.ts"
+import type { ErrorCode } from "../domain/Errors.ts"
 import { decodeHello, errorFrame, goawayFrame, type Kind, nackFrame, PONG, welcomeFrame } from "../domain/Frames.ts"
 import type { LifecycleShape } from "../Lifecycle.ts"
 import * as Metrics from "../observability/Metrics.ts"
 import type { MessageTracerShape } from "../observability/Tracing.ts"
-import { answerOf, Tally } from "../pipeline/Answer.ts"
-import type { InFlight, LanesShape, Replier } from "../pipeline/Lanes.ts"
-import type { Runner } from "../pipeline/Stage.ts"
-import type { RawData } from "../pipeline/Validate.ts"
+import type { InFlight, LanesShape } from "../pipeline/Lanes.ts"
 import type { DeviceStateShape } from "../sinks/DeviceState.ts"
 import { closeGracefully } from "./Closing.ts"
 import { HELLO_MAX_BYTES, HelloReader } from "./HelloReader.ts"
+import type { IngestBatch, IngestSource } from "./IngestBatch.ts"
 import { LineFramer } from "./LineFramer.ts"
 import { type ReadSlices, SMALL_READ_BYTES } from "./ReadSlices.ts"
 import { certificateRefusal, TLS_SESSION_BYTES, type TlsTerminator } from "./Tls.ts"
@@ -51,8 +49,8 @@ export interface ConnectionEnv {
   readonly auth: DeviceAuthShape
   readonly sessions: Sessions
   readonly lanes: LanesShape
-  /** The ingest stages (validate, dedup), built once. */
-  readonly ingest: Runner<RawData, Envelope, ValidationError>
+  /** The ingest stages' pending chunk (validate, dedup), shared by the listener's connections. */
+  readonly batch: IngestBatch
   readonly deviceState: DeviceStateShape
   readonly tracer: MessageTracerShape
   readonly lifecycle: LifecycleShape
@@ -85,24 +83,8 @@ const GOAWAY_RETRY_MS = 1_000
 
 type State = "hello" | "authenticating" | "open" | "closing" | "closed"
 
-/**
- * The data frames of the socket read being handled, waiting for the ingest stages, with their
- * tickets and sizes. Shared by every connection: a read is handled synchronously from its first
- * frame to `ingest`, which empties them, so no two connections ever use them at once (and an
- * idle connection holds no arrays of its own).
- */
-const SCRATCH = { raws: [] as Array<RawData>, tickets: [] as Array<number>, sizes: [] as Array<number>, busy: false }
-
-/**
- * Empties an array and keeps its storage for the next read: `length = 0` frees V8's backing
- * store, so each read's first push allocated it again (measured: 7× slower, and garbage per read).
- */
-const empty = (array: Array<unknown>): void => {
-  while (array.length > 0) array.pop()
-}
-
 /** The protocol state machine of one socket; its `run` is the connection's fiber. */
-export class Connection implements Replier, Replaceable {
+export class Connection implements IngestSource, Replaceable {
   private state: State = "hello"
   /** Reads the hello; dropped once it is read. */
   private hello: HelloReader | undefined = new HelloReader()
@@ -126,7 +108,6 @@ export class Connection implements Replier, Replaceable {
   private held: Array<InFlight> = []
   private pumping = false
   private draining = false
-  private offered = 0
   private out = ""
   private chunks: Array<Buffer> = []
   private ended = false
@@ -204,7 +185,7 @@ export class Connection implements Replier, Replaceable {
         continue
       }
       const chunk = this.chunks.shift()
-      if (chunk !== undefined) this.process(chunk)
+      if (chunk !== undefined) this.process(chunk, false)
       else if (!this.ended) {
         // woken for the attention of a read handled in place: only what follows a read is left
       } else if (this.state === "open") this.state = "closing" // peer half-closed: answer what is pending
@@ -215,17 +196,14 @@ export class Connection implements Replier, Replaceable {
         while (!this.env.helloSlices.tryEnter(performance.now())) yield* this.nextSlice(this.env.helloSlices)
         if (this.state === "authenticating") yield* this.openSession()
       }
-      this.afterChunk()
-      if (this.held.length > 0 && !this.pumping) {
-        this.pumping = true // set before the fork: the child starts later, and only one pump may run
-        yield* Effect.forkChild(this.pump())
-      }
+      this.flush()
+      if (this.needsPump()) yield* this.startPump()
       if (this.state === "closing") {
-        yield* this.waitUntil(() => this.answers.inflight === 0 || this.state === "closed")
+        yield* this.pumpingUntil(() => this.answers.inflight === 0 || this.state === "closed")
         this.close()
         break
       }
-      yield* this.waitUntil(() => this.hasRoom() || this.state === "closed")
+      yield* this.pumpingUntil(() => this.hasRoom() || this.state === "closed")
       if (this.chunks.length === 0 && !this.ended) this.socket.resume()
     }
   })
@@ -233,17 +211,18 @@ export class Connection implements Replier, Replaceable {
   /**
    * The common case of a fleet, handled without waking the fiber: an open session's small read
    * (a frame or a few) arriving while the fiber waits for input. Its frames are handled right
-   * here, as the fiber would, and the socket keeps flowing; whatever must wait (held events, a
-   * close, a full window or output buffer) pauses the socket and hands over to the fiber. False
-   * when the read must go through the fiber (queued behind others, a big read that takes its
-   * turn, inside another connection's ingest).
+   * here, as the fiber would (their ingest stages run with the turn's other small reads'), and
+   * the socket keeps flowing; whatever must wait (a close, a full window or output buffer, and
+   * once the stages ran, held events) pauses the socket and hands over to the fiber. False when
+   * the read must go through the fiber (queued behind others, a big read that takes its turn,
+   * inside the ingest stages' run).
    */
   private readInPlace(chunk: Buffer): boolean {
-    if (this.state !== "open" || chunk.length > SMALL_READ_BYTES || this.chunks.length > 0 || this.attention || SCRATCH.busy) {
+    if (this.state !== "open" || chunk.length > SMALL_READ_BYTES || this.chunks.length > 0 || this.attention || this.env.batch.busy) {
       return false
     }
-    this.process(chunk)
-    this.afterChunk()
+    this.process(chunk, true)
+    this.flush()
     // closed by this read (a fatal error): the lingering close reads and discards on its own
     if ((this.state as State) === "closed") return true
     if (this.state !== "open" || (this.held.length > 0 && !this.pumping) || !this.hasRoom()) {
@@ -258,6 +237,31 @@ export class Connection implements Replier, Replaceable {
   private nextSlice(slices: ReadSlices): Effect.Effect<void> {
     return Effect.callback<void>((resume) => {
       slices.later(() => resume(Effect.void))
+    })
+  }
+
+  /** Events are held and no pump offers them. */
+  private needsPump(): boolean {
+    return this.held.length > 0 && !this.pumping
+  }
+
+  /** Forks the pump that offers the held events. */
+  private startPump(): Effect.Effect<void> {
+    this.pumping = true // set before the fork: the child starts later, and only one pump may run
+    return Effect.asVoid(Effect.forkChild(this.pump()))
+  }
+
+  /**
+   * Suspends until `ready()` holds, starting the pump whenever events are held meanwhile (the
+   * ingest stages of reads handled in place run later in the turn, and may hold events then).
+   */
+  private pumpingUntil(ready: () => boolean): Effect.Effect<void> {
+    return Effect.gen({ self: this }, function*() {
+      while (true) {
+        yield* this.waitUntil(() => ready() || this.needsPump())
+        if (!this.needsPump()) return
+        yield* this.startPump()
+      }
     })
   }
 
@@ -317,7 +321,11 @@ export class Connection implements Replier, Replaceable {
 
   // ---- frames ----
 
-  private process(chunk: Buffer): void {
+  /**
+   * Handles a chunk's frames; its data frames' ingest stages run now, or with the other small
+   * reads of the turn (`soon`).
+   */
+  private process(chunk: Buffer, soon: boolean): void {
     if (this.state === "hello") return this.readHello(chunk)
     // every frame of a chunk arrived at the same moment: read the clocks once per chunk
     this.arrivedAt = performance.now()
@@ -330,10 +338,10 @@ export class Connection implements Replier, Replaceable {
     if (framer.bufferedBytes === 0) this.pendingSince = 0
     else if (this.pendingSince === 0) this.pendingSince = this.receivedAt
     else if (this.receivedAt - this.pendingSince > this.env.config.keepaliveMs * 1.5 && this.state === "open") {
-      this.ingest()
       return this.fatal("timeout", "frame not finished within keepalive", "timeout")
     }
-    this.ingest()
+    if (soon) this.env.batch.runSoon()
+    else this.env.batch.runNow()
     if (tooLarge !== undefined && this.state !== "closed") {
       this.fatal("frame_too_large", `frame exceeds maxFrameBytes (${this.env.config.maxFrameBytes})`, "protocol_error")
     }
@@ -439,75 +447,25 @@ export class Connection implements Replier, Replaceable {
       Metrics.record(Metrics.errors("AuthError"), 1)
       return Metrics.record(Metrics.messages(kind, "forbidden"), 1)
     }
-    SCRATCH.raws.push({
-      device: this.device,
-      epoch: this.epoch,
-      kind,
-      seq,
-      frame,
-      receivedAt: this.receivedAt,
-      gateway: this.env.config.gatewayId
-    })
-    SCRATCH.tickets.push(ticket)
-    SCRATCH.sizes.push(size)
+    const raw = { device: this.device, epoch: this.epoch, kind, seq, frame, receivedAt: this.receivedAt, gateway: this.env.config.gatewayId }
+    this.env.batch.add(this, raw, ticket, size, this.arrivedAt)
   }
 
-  /**
-   * Runs the ingest stages on the data frames gathered from one socket read: a rejected or
-   * settled message is answered at once, the others go to their lane.
-   */
-  private ingest(): void {
-    const raws = SCRATCH.raws
-    // never re-entered: the offers below can shed another connection's message and make it
-    // write; whatever that sets off must not run these frames a second time as its own
-    if (raws.length === 0 || SCRATCH.busy) return
-    SCRATCH.busy = true
-    try {
-      this.ingestScratch()
-    } finally {
-      // the arrays are reused for the next socket read (nothing keeps them)
-      SCRATCH.busy = false
-      empty(raws)
-      empty(SCRATCH.tickets)
-      empty(SCRATCH.sizes)
-    }
+  /** Takes an event that passed the ingest stages: to the critical lane, or held behind earlier ones. */
+  offerEvent(item: InFlight): void {
+    if (this.held.length > 0 || !this.env.lanes.tryOfferEvent(item)) this.held.push(item)
   }
 
-  /** Runs the ingest stages on the frames in SCRATCH (see {@link ingest}). */
-  private ingestScratch(): void {
-    const raws = SCRATCH.raws
-    const tickets = SCRATCH.tickets
-    const env = this.env
-    const { passed, passedAt, stops, stoppedAt } = env.ingest.runSync(raws)
-    if (stops.length > 0) {
-      const tally = new Tally()
-      for (let j = 0; j < stops.length; j++) {
-        const raw = raws[stoppedAt[j]!]!
-        const answer = answerOf(raw.seq, stops[j]!, raw.kind)
-        this.resolve(tickets[stoppedAt[j]!]!, answer.frame)
-        tally.add(raw.kind, answer.outcome)
-        tally.addError(stops[j]!)
-      }
-      tally.record()
+  /** The ingest stages ran on this connection's frames: their answers go out, held events get a pump. */
+  afterIngest(): void {
+    this.flush()
+    if (!this.needsPump()) return
+    if (this.idle && this.state === "open") {
+      // as a read handled in place that held events: the fiber takes over (and stops reading)
+      this.socket.pause()
+      this.attention = true
     }
-    for (let i = 0; i < passed.length; i++) {
-      const validated = passed[i]!
-      const traced = env.tracer.enabled
-        ? env.tracer.start(validated.kind, validated.device, validated.seq, validated.traceparent ?? undefined, this.arrivedAt)
-        : undefined
-      const at = passedAt === undefined ? i : passedAt[i]!
-      const item: InFlight = {
-        envelope: traced === undefined ? validated : { ...validated, traceparent: traced.traceparent },
-        replier: this,
-        ticket: tickets[at]!,
-        bytes: SCRATCH.sizes[at]!,
-        arrivedAt: this.arrivedAt,
-        span: traced?.span
-      }
-      this.offered++
-      if (item.envelope.kind === "telemetry") env.lanes.offerTelemetry(item)
-      else if (this.held.length > 0 || !env.lanes.tryOfferEvent(item)) this.held.push(item)
-    }
+    this.wake()
   }
 
   /**
@@ -528,14 +486,6 @@ export class Connection implements Replier, Replaceable {
         this.env.lanes.notify()
       }
     }).pipe(Effect.onInterrupt(() => Effect.sync(() => (this.pumping = false))))
-  }
-
-  private afterChunk(): void {
-    if (this.offered > 0) {
-      this.offered = 0
-      this.env.lanes.notify()
-    }
-    this.flush()
   }
 
   // ---- session ----
@@ -677,7 +627,7 @@ export class Connection implements Replier, Replaceable {
   private fatal(code: ErrorCode, message: string, result: Metrics.ConnectionResult, retryAfterMs?: number): undefined {
     if (this.state === "closed" || this.failing) return undefined
     this.failing = true
-    this.ingest() // frames read before the fatal one are answered (those already decided) before the error
+    this.env.batch.runNow() // frames read before the fatal one are answered (those already decided) before the error
     this.flush()
     if (result === "protocol_error") Metrics.record(Metrics.errors("ProtocolError"), 1)
     this.result = result

@@ -6,8 +6,8 @@
  * errors (EMFILE in a storm) are counted and logged at most once a second, never fatal. The
  * listener samples the connections' buffers into the memory budget.
  * Every admitted connection runs as one fiber in the listener's `FiberSet`, owned by its scope.
- * The ingest pipeline (validate, dedup) is built here once and run by each connection on the
- * data frames of every socket read.
+ * The ingest pipeline (validate, dedup) is built here once, and run on the data frames of the
+ * connections' reads ({@link IngestBatch}: a turn's small reads together).
  *
  * Why `node:net` and not Effect's `SocketServer`: admission must answer `busy` synchronously at
  * accept, the connection must pause/resume its socket for backpressure while still answering
@@ -34,6 +34,7 @@ import { validate } from "../pipeline/Validate.ts"
 import { DeviceState } from "../sinks/DeviceState.ts"
 import { lingeringSockets, refuseBusy } from "./Closing.ts"
 import { Connection, type ConnectionEnv } from "./Connection.ts"
+import { IngestBatch } from "./IngestBatch.ts"
 import { ReadSlices } from "./ReadSlices.ts"
 import { TlsFileError, TlsTerminator } from "./Tls.ts"
 
@@ -63,14 +64,16 @@ export class Listener extends Context.Service<Listener, ListenerShape>()("gatewa
       const config = yield* GatewayConfig
       const tls = yield* tlsOf(config)
       if (tls !== undefined) yield* tls.watch()
+      const lanes = yield* Lanes
+      const tracer = yield* MessageTracer
       const env: ConnectionEnv = {
         config,
         auth: yield* DeviceAuth,
         sessions: yield* SessionRegistry,
-        lanes: yield* Lanes,
-        ingest: yield* Stage.build(Stage.andThen(validate, dedup())),
+        lanes,
+        batch: new IngestBatch(yield* Stage.build(Stage.andThen(validate, dedup())), lanes, tracer),
         deviceState: yield* DeviceState,
-        tracer: yield* MessageTracer,
+        tracer,
         lifecycle: yield* Lifecycle,
         budget: yield* MemoryBudget,
         admission: yield* Admission,
