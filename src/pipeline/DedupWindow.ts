@@ -3,7 +3,10 @@
  * of the device's current epoch), marking what was *committed*. A resend inside the window is
  * answered `ack dup:true` without touching the sink; anything older falls through to the sink,
  * whose unique key keeps one row per message. State exists for at most `maxDevices` devices;
- * the least recently committed device is evicted first.
+ * eviction approximates least recently committed first with a clock (second chance): a commit
+ * only stamps its device with the batch, and the eviction goes over devices in the order they
+ * were placed, moving one committed since it was placed to the back and evicting the first that
+ * was not. (Moving a device to the back at each commit cost a map delete and insert a message.)
  */
 
 interface DeviceWindow {
@@ -12,8 +15,10 @@ interface DeviceWindow {
   top: number
   /** Bit `seq % size` is set when seq (top - size < seq <= top) is committed. */
   readonly bits: Uint32Array
-  /** Batch generation of the last LRU refresh (refresh once per batch, not per message). */
+  /** Batch generation of its last commit. */
   touched: number
+  /** Batch generation when it was last placed at the back of the eviction order. */
+  placed: number
 }
 
 /** A bounded set of per-device windows; synchronous, for the per-message hot path. */
@@ -44,7 +49,7 @@ export class DedupWindow {
     return (w.bits[bit >>> 5] & (1 << (bit & 31))) !== 0
   }
 
-  /** Starts a new batch of marks: LRU positions are refreshed once per device per batch. */
+  /** Starts a new batch of marks (the unit of recency for eviction). */
   beginBatch(): void {
     this.generation++
   }
@@ -53,17 +58,10 @@ export class DedupWindow {
   markCommitted(device: string, epoch: number, seq: number): void {
     let w = this.devices.get(device)
     if (w === undefined) {
-      if (this.devices.size >= this.maxDevices) {
-        const oldest = this.devices.keys().next()
-        if (!oldest.done) this.devices.delete(oldest.value)
-      }
-      w = { epoch, top: -1, bits: new Uint32Array(this.size >>> 5), touched: this.generation }
+      if (this.devices.size >= this.maxDevices) this.evictOne()
+      w = { epoch, top: -1, bits: new Uint32Array(this.size >>> 5), touched: this.generation, placed: this.generation }
       this.devices.set(device, w)
-    } else if (w.touched !== this.generation) {
-      this.devices.delete(device)
-      this.devices.set(device, w)
-      w.touched = this.generation
-    }
+    } else w.touched = this.generation
     if (epoch !== w.epoch) {
       if (epoch < w.epoch) return
       w.epoch = epoch
@@ -74,6 +72,20 @@ export class DedupWindow {
     if (seq > w.top) this.advance(w, seq)
     const bit = seq % this.size
     w.bits[bit >>> 5] |= 1 << (bit & 31)
+  }
+
+  /**
+   * Evicts the device committed least recently: from the front of the map (the order devices
+   * were placed in), a device committed since it was placed goes to the back (second chance)
+   * and the first one that was not is evicted. Each commit earns at most one move.
+   */
+  private evictOne(): void {
+    for (const [device, w] of this.devices) {
+      this.devices.delete(device)
+      if (w.touched === w.placed) return
+      w.placed = w.touched
+      this.devices.set(device, w)
+    }
   }
 
   /** Moves the window's top to `seq`, clearing the bits of the seqs it slides over. */

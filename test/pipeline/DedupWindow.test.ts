@@ -182,6 +182,21 @@ describe("DedupWindow", () => {
     expect(w.isCommitted("d899", 0, 899)).toBe(false)
   })
 
+  it("devices committed in every batch survive a stream of one-off devices (second chance)", () => {
+    const w = new DedupWindow(32, 50)
+    for (let batch = 0; batch < 200; batch++) {
+      w.beginBatch()
+      for (let h = 0; h < 10; h++) w.markCommitted(`hot${h}`, 0, batch)
+      for (let c = 0; c < 7; c++) w.markCommitted(`cold${batch}-${c}`, 0, 1)
+      expect(w.deviceCount).toBeLessThanOrEqual(50)
+    }
+    for (let h = 0; h < 10; h++) expect(w.isCommitted(`hot${h}`, 0, 199)).toBe(true)
+    // the most recent one-off devices are still there, the old ones were evicted
+    expect(w.isCommitted("cold199-6", 0, 1)).toBe(true)
+    expect(w.isCommitted("cold0-0", 0, 1)).toBe(false)
+    expect(w.deviceCount).toBe(50)
+  })
+
   it("ignores older epochs and resets on a newer one", () => {
     const w = new DedupWindow(32, 4)
     w.markCommitted("d", 1, 10)
