@@ -78,6 +78,8 @@ const PAUSE_OUTPUT_BYTES = 64 * 1024
 const MAX_OUTPUT_BYTES = 256 * 1024
 /** How long a connection closed before its welcome is read and discarded at most. */
 const PRE_SESSION_LINGER_MS = 500
+/** The byte that ends a frame. */
+const NEWLINE = 10
 /** How long a device should wait before reconnecting after `goaway`. */
 const GOAWAY_RETRY_MS = 1_000
 
@@ -334,9 +336,11 @@ export class Connection implements IngestSource, Replaceable {
     this.onFrameBound ??= (buf, start, end) => this.onFrame(buf, start, end)
     const tooLarge = framer.push(chunk, this.onFrameBound)
     // an unfinished frame must make progress: bytes dribbled in to keep the keepalive happy do
-    // not let a device pin up to maxFrameBytes of the node's buffers for ever
+    // not let a device pin up to maxFrameBytes of the node's buffers for ever. A newline in the
+    // read ended the frame before: the unfinished one began in this read (a device streaming
+    // frames whose reads each end inside one is making progress)
     if (framer.bufferedBytes === 0) this.pendingSince = 0
-    else if (this.pendingSince === 0) this.pendingSince = this.receivedAt
+    else if (this.pendingSince === 0 || chunk.lastIndexOf(NEWLINE) !== -1) this.pendingSince = this.receivedAt
     else if (this.receivedAt - this.pendingSince > this.env.config.keepaliveMs * 1.5 && this.state === "open") {
       return this.fatal("timeout", "frame not finished within keepalive", "timeout")
     }

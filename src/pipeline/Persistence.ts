@@ -110,7 +110,7 @@ export const layer = Layer.effectDiscard(Effect.gen(function*() {
           ends.by.push(GUARD)
           continue
         }
-        const unstorable = nestingOf(e, entered)
+        const unstorable = unstorableOf(e, entered)
         if (unstorable !== undefined) {
           ends.stops.push(new Stage.Rejected(new PermanentPersistenceError({ sink: router.names, message: unstorable })))
           ends.at.push(at)
@@ -409,6 +409,22 @@ const isCircular = (value: unknown): boolean => {
 
 /** The envelope's fields that are not the normalized envelope's own (added by stages). */
 const HEADER: ReadonlySet<string> = new Set(["device", "epoch", "seq", "kind", "deviceTs", "receivedAt", "gateway", "traceparent", "body"])
+
+/**
+ * Why `e` cannot be stored, or undefined: a stage that replaced the envelope left a normalized
+ * field that no sink can hold as it is (a body that is not an object, which JSON writes as
+ * nothing; a time that is not a number), or it nests too deep or in a circle ({@link nestingOf}).
+ */
+const unstorableOf = (e: Envelope, entered: InFlight): string | undefined => {
+  if (e !== entered.envelope) {
+    if (typeof e.body !== "object" || e.body === null || Array.isArray(e.body)) return "body is not a JSON object: cannot be stored"
+    if (!Number.isFinite(e.deviceTs) || !Number.isFinite(e.receivedAt)) return "deviceTs and receivedAt must be numbers: cannot be stored"
+    if (typeof e.gateway !== "string" || (e.traceparent !== null && typeof e.traceparent !== "string")) {
+      return "gateway and traceparent must be strings: cannot be stored"
+    }
+  }
+  return nestingOf(e, entered)
+}
 
 /**
  * Why `e` cannot be stored as JSON because of how it nests (too deep, or circular), or undefined.
