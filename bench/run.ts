@@ -39,6 +39,8 @@
  *   each sink in turn (SQLite, NATS JetStream on a private server, PostgreSQL, SQLite + NATS),
  *   end to end (bench/sinks.ts)
  * - `ratelimit`: per-device rate limiting cost in ns per message (in process; bench/ratelimit.ts)
+ * - `store`: the SQLite writer's own CPU per row in the fleet's pattern, and WAL bytes per row
+ *   (in process, on the sink's functions; bench/store.ts)
  * - `tls`: the throughput load against the raw baseline over node:net and node:tls and the gateway
  *   over plain TCP, TLS and mutual TLS (one client certificate per device), `--rounds` (1) times
  *   in turn (bench/tls.ts); `tls-storm`: the storm over plain TCP, TLS and mutual TLS,
@@ -63,6 +65,7 @@ import { postgresTable, runPostgresBench } from "./postgres.ts"
 import { outboxTable, runOutboxBench } from "./outbox.ts"
 import { runSinksBench, sinksTable } from "./sinks.ts"
 import { runStageBench, stageTable } from "./stages.ts"
+import { runStoreBench, storeTable } from "./store.ts"
 import { runStorm, stormTable } from "./storm.ts"
 import { hasOpenssl } from "./pki.ts"
 import { runTls, tlsTable } from "./tls.ts"
@@ -95,7 +98,7 @@ const flags: NodeFlags = {
   semiSpaceMb: Number(args["semi-space"]),
   oldSpaceMb: args["old-space"] === undefined ? undefined : Number(args["old-space"])
 }
-const SCENARIOS = ["stages", "throughput", "latency", "fleet", "storm", "idle", "burst", "workers", "ratelimit", "tls", "tls-storm", "nats", "postgres", "outbox", "sinks", "tracing"] as const
+const SCENARIOS = ["stages", "throughput", "latency", "fleet", "storm", "idle", "burst", "workers", "ratelimit", "store", "tls", "tls-storm", "nats", "postgres", "outbox", "sinks", "tracing"] as const
 const only = args.only === undefined ? undefined : new Set(args.only.split(",").map((s) => s.trim()))
 for (const name of only ?? []) {
   if (!(SCENARIOS as ReadonlyArray<string>).includes(name)) {
@@ -251,6 +254,7 @@ const main = async () => {
   }
   if (wanted("workers")) emit(await workersScenario())
   if (wanted("ratelimit")) emit([rateLimitTable(runRateLimitBench())])
+  if (wanted("store")) emit([storeTable(runStoreBench())])
   const noOpenssl = (name: string) => `\n### ${name}: skipped, the \`openssl\` command is not installed (apt-get install openssl)`
   if (wanted("tls") && !hasOpenssl()) emit([noOpenssl("tls")])
   else if (wanted("tls")) {
