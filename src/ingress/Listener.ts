@@ -36,6 +36,7 @@ import { lingeringSockets, refuseBusy } from "./Closing.ts"
 import { Connection, type ConnectionEnv } from "./Connection.ts"
 import { IngestBatch } from "./IngestBatch.ts"
 import { ReadSlices } from "./ReadSlices.ts"
+import { SessionRegistry } from "./Sessions.ts"
 import { TlsFileError, TlsTerminator } from "./Tls.ts"
 
 /**
@@ -47,7 +48,6 @@ const LISTEN_BACKLOG = 4096
 
 /** Milliseconds of big-read work per turn of the event loop (see ReadSlices). */
 const READ_SLICE_MS = 8
-import { SessionRegistry } from "./Sessions.ts"
 
 /** The bound listener. */
 export interface ListenerShape {
