@@ -2,8 +2,9 @@
  * Each device's highest committed seq per epoch (`welcome.lastSeq`), whichever sinks took its
  * messages: raised only after every sink a message was routed to confirmed it, never before, so
  * a device that trusts it never drops a message a sink does not hold. Kept in the embedded
- * store's `device_state` table. When SQLite is the only sink, its batch transaction raises the
- * state itself; otherwise the router reports confirmed messages here and they are written behind
+ * store's `device_state` table. When SQLite is the only sink, nothing needs raising: the store
+ * reads the highest seq in `messages` itself (a row there is held by every sink of its route);
+ * otherwise the router reports confirmed messages here and they are written behind
  * the acks, coalesced per device (one small transaction at a time; at most
  * {@link MAX_PENDING_STATES} devices waiting, past which updates are dropped: a state that lags
  * only makes a device resend what the sinks then report as duplicates).
@@ -27,7 +28,7 @@ export interface DeviceStateShape {
 
 /** Where `welcome.lastSeq` comes from. */
 export class DeviceState extends Context.Service<DeviceState, DeviceStateShape>()("gateway/DeviceState") {
-  /** Device states in the embedded store; `raiseHere` false when the SQLite sink's batches raise them. */
+  /** Device states in the embedded store; `raiseHere` false when SQLite is the only sink (its `messages` say). */
   static readonly local = (raiseHere: boolean) =>
     Layer.effect(
       DeviceState,

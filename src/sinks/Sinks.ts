@@ -92,7 +92,7 @@ export const layer = Layer.unwrap(Effect.gen(function*() {
     dataDir: c.dataDir,
     synchronous: c.sqliteSync,
     maxBatchBytes: c.batchMaxBytes + c.maxFrameBytes,
-    statesInBatch: sqliteAlone(table)
+    lastSeqFromMessages: sqliteAlone(table)
   })
   const alone = table.sinks.length === 1
   // an outboxed sink writes one batch at a time (what gathers meanwhile is merged into the next):

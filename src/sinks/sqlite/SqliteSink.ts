@@ -39,6 +39,7 @@ import {
   type Fault,
   type FileIdentity,
   freeBytes,
+  lastSeqQuery,
   lostBecause,
   openDatabase,
   packEnvelopes,
@@ -63,7 +64,7 @@ export interface WriteResult {
  * `PermanentPersistenceError` (the store is corrupt or lost until a restart).
  */
 export interface LocalStoreShape {
-  /** Commits a batch to `messages` (and raises `device_state` in the same transaction). */
+  /** Commits a batch to `messages`. */
   readonly write: (batch: ReadonlyArray<Envelope>) => Effect.Effect<WriteResult, TransientUpstreamError | PermanentPersistenceError>
   /** Stores dead letters durably. */
   readonly deadLetter: (records: ReadonlyArray<DeadLetter>) => Effect.Effect<void, TransientUpstreamError>
@@ -99,11 +100,12 @@ export interface SqliteSinkOptions {
   /** Milliseconds without a write after which a probe write is made (default {@link PROBE_EVERY_MS}). */
   readonly probeEveryMs?: number
   /**
-   * Whether a batch's commit raises `device_state` in its own transaction (default true: SQLite
-   * is the only sink). False when other sinks take messages too: a message is committed only
-   * once all its sinks have it, and the device-state service raises the state then.
+   * Whether `lastSeq` reads the highest seq in `messages` too (default true: SQLite is the only
+   * sink, so a stored row is held by every sink of its route). False when other sinks take
+   * messages too: a message is committed only once all its sinks have it, and the device-state
+   * service raises `device_state` then.
    */
-  readonly statesInBatch?: boolean
+  readonly lastSeqFromMessages?: boolean
 }
 
 /**
@@ -198,7 +200,7 @@ export const make = Effect.fn("SqliteSink.make")(function*(options: SqliteSinkOp
     }),
     (db) => closeAndCheckpoint(db, path, opened)
   )
-  const selectState = reader.prepare(`SELECT last_seq FROM device_state WHERE device = ? AND epoch = ?`)
+  const selectState = reader.prepare(lastSeqQuery(options.lastSeqFromMessages ?? true))
   yield* watchStoreWal(() => walBytes(path))
 
   // the structural check: a small store's here and now (~20 ms for 10 MB), a larger one's in its
@@ -208,7 +210,7 @@ export const make = Effect.fn("SqliteSink.make")(function*(options: SqliteSinkOp
 
   const writer = yield* startWorker(
     "./SqliteWriter.ts",
-    { path, synchronous: options.synchronous, raiseStates: options.statesInBatch ?? true },
+    { path, synchronous: options.synchronous },
     writerHeapMb(options.maxBatchBytes)
   )
   yield* Effect.callback<void, PermanentPersistenceError>((resume) => {
@@ -420,7 +422,7 @@ export const make = Effect.fn("SqliteSink.make")(function*(options: SqliteSinkOp
     deadLetter,
     lastSeq: (device, epoch) =>
       Effect.try({
-        try: () => (selectState.get(device, epoch) as { last_seq: number } | undefined)?.last_seq ?? null,
+        try: () => (selectState.get(device, epoch) as { last_seq: number | null } | undefined)?.last_seq ?? null,
         catch: (cause) => new TransientUpstreamError({ sink: "sqlite", message: describe(cause), cause })
       }),
     raiseStates: (states) =>

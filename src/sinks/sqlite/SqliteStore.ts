@@ -338,18 +338,19 @@ class BatchFailure extends Error {}
 
 /**
  * Writes one batch in one transaction. A row the store refuses (constraint, size) is rejected
- * and dead-lettered alone; any other failure rolls the whole batch back and is thrown.
+ * and dead-lettered alone; any other failure rolls the whole batch back and is thrown. Device
+ * states are not raised here: with SQLite alone the highest stored seq is read from `messages`
+ * itself ({@link lastSeqQuery}), and with other sinks the device-state service raises them once
+ * every sink confirmed.
  */
 export const writeBatch = (
   db: DatabaseSync,
   st: Statements,
   rows: ReadonlyArray<Row>,
-  now: number,
-  raiseStates = true
+  now: number
 ): BatchResult => {
   const outcomes = new Uint8Array(rows.length)
   const rejections: Array<readonly [number, string]> = []
-  const tops = new Map<string, { device: string; epoch: number; seq: number }>()
   st.lock.begin()
   try {
     for (let i = 0; i < rows.length; i++) {
@@ -362,15 +363,8 @@ export const writeBatch = (
         outcomes[i] = Outcome.Rejected
         rejections.push([i, describe(error)])
         deadLetter(st, r, describe(error), now)
-        continue
       }
-      if (!raiseStates) continue
-      const key = `${r[0]}\u0000${r[1]}`
-      const top = tops.get(key)
-      if (top === undefined) tops.set(key, { device: r[0], epoch: r[1], seq: r[2] })
-      else if (r[2] > top.seq) top.seq = r[2]
     }
-    for (const t of tops.values()) st.upsertState.run(t.device, t.epoch, t.seq)
     db.exec("COMMIT")
   } catch (error) {
     if (db.isTransaction) db.exec("ROLLBACK")
@@ -380,6 +374,21 @@ export const writeBatch = (
   }
   return { outcomes, rejections }
 }
+
+/**
+ * The query of a device's highest committed seq in an epoch (one row, `last_seq`, NULL when
+ * none is known; parameters device, epoch). `device_state` holds what the device-state service
+ * raised (other sinks in the routes) and what versions before 2026-12-03 raised in every batch.
+ * With `fromMessages` (SQLite is the only sink: a row in `messages` is held by every sink of its
+ * route) the highest seq in `messages` counts too: the last entry of the unique index's range
+ * for (device, epoch), one seek. It never lowers what `device_state` says.
+ */
+export const lastSeqQuery = (fromMessages: boolean): string =>
+  fromMessages
+    ? `SELECT max(s) AS last_seq FROM (
+         SELECT last_seq AS s FROM device_state WHERE device = ?1 AND epoch = ?2
+         UNION ALL SELECT max(seq) FROM messages WHERE device = ?1 AND epoch = ?2)`
+    : `SELECT last_seq FROM device_state WHERE device = ?1 AND epoch = ?2`
 
 /** One dead letter as it crosses to the writer thread. */
 export interface DeadLetterRow {

@@ -77,11 +77,9 @@ export type WriteReply =
     readonly fatal: boolean
   }
 
-const { path, synchronous, raiseStates } = workerData as {
+const { path, synchronous } = workerData as {
   readonly path: string
   readonly synchronous: "normal" | "full"
-  /** False when `device_state` is raised by the device-state service (other sinks in the routes). */
-  readonly raiseStates: boolean
 }
 const db = openDatabase(path, synchronous)
 const statements = prepare(db)
@@ -125,7 +123,7 @@ port.on("message", (request: WriteRequest | DeadLetterRequest | StateRequest | P
           ? { id: request.id, ok: true, outcomes: new Uint8Array(0), rejections: [] }
           : failure(request.id, "full", `database or disk is full (${free} bytes free, ${request.needFree} needed)`, true)
       } else {
-        const result = writeBatch(db, statements, unpackRows(request.rows, request.count), Date.now(), raiseStates)
+        const result = writeBatch(db, statements, unpackRows(request.rows, request.count), Date.now())
         reply = { id: request.id, ok: true, outcomes: result.outcomes, rejections: result.rejections }
       }
     } catch (error) {

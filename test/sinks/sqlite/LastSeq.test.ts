@@ -1,0 +1,106 @@
+/**
+ * `welcome.lastSeq` from the embedded store (real sink, real threads, a store in a temporary
+ * directory). With SQLite the only sink it is the highest seq stored in `messages` for (device,
+ * epoch), and batches write no `device_state` rows; a `device_state` row (an earlier version's,
+ * or rows removed since) still counts, so the answer never falls below what the store reported
+ * before. With other sinks in the routes only `device_state` counts: a stored row may not be held
+ * by every sink of its route yet.
+ */
+import { describe, expect, it } from "@effect/vitest"
+import { Effect, Exit, Logger, Scope } from "effect"
+import * as Fs from "node:fs"
+import * as Path from "node:path"
+import { DatabaseSync } from "node:sqlite"
+import * as SqliteSink from "../../../src/sinks/sqlite/SqliteSink.ts"
+import { openDatabase } from "../../../src/sinks/sqlite/SqliteStore.ts"
+import { telemetryEnvelope } from "../../support/envelopes.ts"
+import { tempDir } from "../../support/gateway.ts"
+
+/** `count(*)` of a query on the store at `dir`, read-only. */
+const countIn = (dir: string, sql: string): number => {
+  const db = new DatabaseSync(Path.join(dir, "gateway.db"), { readOnly: true })
+  try {
+    return (db.prepare(sql).get() as { n: number }).n
+  } finally {
+    db.close()
+  }
+}
+
+/** Runs `body` against a sink opened on `dir` with `options`, then closes it. */
+const withSink = <A>(
+  dir: string,
+  options: Partial<SqliteSink.SqliteSinkOptions>,
+  body: (sink: SqliteSink.LocalStoreShape) => Effect.Effect<A, unknown>
+) =>
+  Effect.gen(function*() {
+    const scope = yield* Scope.make()
+    const sink = yield* SqliteSink.make({ dataDir: dir, synchronous: "normal", ...options }).pipe(Scope.provide(scope))
+    const out = yield* body(sink).pipe(Effect.ensuring(Scope.close(scope, Exit.void)))
+    return out
+  })
+
+/** `n` telemetry envelopes of `device` in `epoch`, seqs `from`…`from + n - 1`. */
+const envelopes = (device: string, epoch: number, from: number, n: number) =>
+  Array.from({ length: n }, (_, i) => ({ ...telemetryEnvelope(device, from + i), epoch }))
+
+describe("lastSeq from the embedded store", () => {
+  it.live("with SQLite alone: the highest seq stored for (device, epoch); no device_state rows written", () =>
+    Effect.gen(function*() {
+      const dir = tempDir("gw-lastseq-")
+      const seen = yield* withSink(dir, {}, (sink) =>
+        Effect.gen(function*() {
+          const before = yield* sink.lastSeq("dev-a", 1)
+          // out of order, with a gap (events overtake telemetry), then a resend of stored ones
+          yield* sink.write(envelopes("dev-a", 1, 5, 3))
+          yield* sink.write(envelopes("dev-a", 1, 0, 2))
+          yield* sink.write(envelopes("dev-a", 1, 6, 3))
+          yield* sink.write(envelopes("dev-a", 2, 100, 1))
+          yield* sink.write(envelopes("dev-b", 1, 40, 1))
+          return {
+            before,
+            a1: yield* sink.lastSeq("dev-a", 1),
+            a2: yield* sink.lastSeq("dev-a", 2),
+            a3: yield* sink.lastSeq("dev-a", 3),
+            b1: yield* sink.lastSeq("dev-b", 1),
+            other: yield* sink.lastSeq("dev-c", 1)
+          }
+        }))
+      expect(seen).toEqual({ before: null, a1: 8, a2: 100, a3: null, b1: 40, other: null })
+      expect(countIn(dir, "SELECT count(*) AS n FROM device_state")).toBe(0)
+      expect(countIn(dir, "SELECT count(*) AS n FROM messages WHERE device = 'dev-a' AND epoch = 1")).toBe(6)
+      Fs.rmSync(dir, { recursive: true, force: true })
+    }).pipe(Effect.provide(Logger.layer([]))), 30_000)
+
+  it.live("a device_state row above what messages hold (an earlier version's, rows removed since) still counts", () =>
+    Effect.gen(function*() {
+      const dir = tempDir("gw-lastseq-")
+      // a store as an earlier version left it: states raised with every batch, rows since deleted
+      const old = openDatabase(Path.join(dir, "gateway.db"), "normal")
+      old.exec(`INSERT INTO device_state (device, epoch, last_seq) VALUES ('dev-old', 0, 500), ('dev-low', 0, 3)`)
+      old.close()
+      const seen = yield* withSink(dir, {}, (sink) =>
+        Effect.gen(function*() {
+          yield* sink.write(envelopes("dev-old", 0, 10, 5))
+          yield* sink.write(envelopes("dev-low", 0, 10, 5))
+          return { old: yield* sink.lastSeq("dev-old", 0), low: yield* sink.lastSeq("dev-low", 0) }
+        }))
+      expect(seen).toEqual({ old: 500, low: 14 })
+      Fs.rmSync(dir, { recursive: true, force: true })
+    }).pipe(Effect.provide(Logger.layer([]))), 30_000)
+
+  it.live("with other sinks in the routes: only device_state counts, raised when every sink confirmed", () =>
+    Effect.gen(function*() {
+      const dir = tempDir("gw-lastseq-")
+      const seen = yield* withSink(dir, { lastSeqFromMessages: false }, (sink) =>
+        Effect.gen(function*() {
+          yield* sink.write(envelopes("dev-r", 0, 0, 10))
+          const storedOnly = yield* sink.lastSeq("dev-r", 0)
+          yield* sink.raiseStates([["dev-r", 0, 6]])
+          const raised = yield* sink.lastSeq("dev-r", 0)
+          yield* sink.raiseStates([["dev-r", 0, 2]])
+          return { storedOnly, raised, notLowered: yield* sink.lastSeq("dev-r", 0) }
+        }))
+      expect(seen).toEqual({ storedOnly: null, raised: 6, notLowered: 6 })
+      Fs.rmSync(dir, { recursive: true, force: true })
+    }).pipe(Effect.provide(Logger.layer([]))), 30_000)
+})
