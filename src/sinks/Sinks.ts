@@ -81,7 +81,7 @@ const withinDrain = <A, E>(make: Effect.Effect<A, E, Scope.Scope>) =>
 const outboxFile = (dataDir: string, sink: SinkName, worker: number | undefined) =>
   Path.join(dataDir, worker === undefined ? `outbox-${sink}.db` : `outbox-${sink}-w${worker}.db`)
 
-/** True when SQLite is the only sink: its batches then raise the device states themselves. */
+/** True when SQLite is the only sink: a row it stores is then held by every sink of its route (lastSeq reads `messages`). */
 const sqliteAlone = (table: RouteTable) => table.sinks.length === 1 && table.sinks[0] === "sqlite"
 
 /** Router, dead letters, device states and the embedded store, from GatewayConfig. */
