@@ -68,7 +68,7 @@ export interface LocalStoreShape {
   readonly write: (batch: ReadonlyArray<Envelope>) => Effect.Effect<WriteResult, TransientUpstreamError | PermanentPersistenceError>
   /** Stores dead letters durably. */
   readonly deadLetter: (records: ReadonlyArray<DeadLetter>) => Effect.Effect<void, TransientUpstreamError>
-  /** Highest committed seq of (device, epoch), or null when none is known. */
+  /** Highest committed seq of (device, epoch), or null when none is known (or the store at the path is no longer the one open). */
   readonly lastSeq: (device: string, epoch: number) => Effect.Effect<number | null, TransientUpstreamError>
   /** Raises `device_state` to what another sink committed (never lowers it). */
   readonly raiseStates: (states: ReadonlyArray<DeviceSeq>) => Effect.Effect<void, TransientUpstreamError>
@@ -420,9 +420,15 @@ export const make = Effect.fn("SqliteSink.make")(function*(options: SqliteSinkOp
   return LocalStore.of({
     write,
     deadLetter,
+    // nothing read from a store that is no longer the one at the path (moved, replaced, corrupt):
+    // its last commits were refused, and a restart opens another file
     lastSeq: (device, epoch) =>
       Effect.try({
-        try: () => (selectState.get(device, epoch) as { last_seq: number | null } | undefined)?.last_seq ?? null,
+        try: () => {
+          if (fatal !== undefined) return null
+          const stored = (selectState.get(device, epoch) as { last_seq: number | null } | undefined)?.last_seq ?? null
+          return lostBecause(opened) === undefined ? stored : null
+        },
         catch: (cause) => new TransientUpstreamError({ sink: "sqlite", message: describe(cause), cause })
       }),
     raiseStates: (states) =>
