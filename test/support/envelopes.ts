@@ -32,3 +32,7 @@ export const eventEnvelope = (device: string, seq: number, name = "boot"): Event
   kind: "event",
   body: { name }
 })
+
+/** `n` telemetry envelopes of `device` in `epoch`, seqs `from` … `from + n - 1`. */
+export const telemetryIn = (device: string, epoch: number, from: number, n: number): Array<TelemetryEnvelope> =>
+  Array.from({ length: n }, (_, i) => ({ ...telemetryEnvelope(device, from + i), epoch }))

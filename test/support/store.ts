@@ -59,3 +59,13 @@ export const deadLetters = (dataDir: string): Array<DeadLetterRow> => {
     db.close()
   }
 }
+
+/** The number a one-row query's `n` column gives on the store in `dataDir` (read-only). */
+export const countIn = (dataDir: string, sql: string): number => {
+  const db = new DatabaseSync(Path.join(dataDir, "gateway.db"), { readOnly: true })
+  try {
+    return (db.prepare(sql).get() as { n: number }).n
+  } finally {
+    db.close()
+  }
+}

@@ -7,41 +7,14 @@
  * by every sink of its route yet.
  */
 import { describe, expect, it } from "@effect/vitest"
-import { Effect, Exit, Logger, Scope } from "effect"
+import { Effect, Logger } from "effect"
 import * as Fs from "node:fs"
 import * as Path from "node:path"
-import { DatabaseSync } from "node:sqlite"
-import * as SqliteSink from "../../../src/sinks/sqlite/SqliteSink.ts"
 import { openDatabase } from "../../../src/sinks/sqlite/SqliteStore.ts"
-import { telemetryEnvelope } from "../../support/envelopes.ts"
+import { telemetryIn as envelopes } from "../../support/envelopes.ts"
 import { tempDir } from "../../support/gateway.ts"
-
-/** `count(*)` of a query on the store at `dir`, read-only. */
-const countIn = (dir: string, sql: string): number => {
-  const db = new DatabaseSync(Path.join(dir, "gateway.db"), { readOnly: true })
-  try {
-    return (db.prepare(sql).get() as { n: number }).n
-  } finally {
-    db.close()
-  }
-}
-
-/** Runs `body` against a sink opened on `dir` with `options`, then closes it. */
-const withSink = <A>(
-  dir: string,
-  options: Partial<SqliteSink.SqliteSinkOptions>,
-  body: (sink: SqliteSink.LocalStoreShape) => Effect.Effect<A, unknown>
-) =>
-  Effect.gen(function*() {
-    const scope = yield* Scope.make()
-    const sink = yield* SqliteSink.make({ dataDir: dir, synchronous: "normal", ...options }).pipe(Scope.provide(scope))
-    const out = yield* body(sink).pipe(Effect.ensuring(Scope.close(scope, Exit.void)))
-    return out
-  })
-
-/** `n` telemetry envelopes of `device` in `epoch`, seqs `from`…`from + n - 1`. */
-const envelopes = (device: string, epoch: number, from: number, n: number) =>
-  Array.from({ length: n }, (_, i) => ({ ...telemetryEnvelope(device, from + i), epoch }))
+import { withSink } from "../../support/sqliteSink.ts"
+import { countIn } from "../../support/store.ts"
 
 describe("lastSeq from the embedded store", () => {
   it.live("with SQLite alone: the highest seq stored for (device, epoch); no device_state rows written", () =>

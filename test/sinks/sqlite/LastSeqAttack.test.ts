@@ -6,43 +6,21 @@
  * end-to-end routes cases (skipped without one).
  */
 import { describe, expect, it } from "@effect/vitest"
-import { Effect, Exit, Logger, Scope } from "effect"
+import { Effect, Exit, Logger } from "effect"
 import * as Fs from "node:fs"
 import * as Path from "node:path"
 import { DatabaseSync } from "node:sqlite"
 import type { Envelope } from "../../../src/domain/Envelope.ts"
 import { Outcome } from "../../../src/sinks/Outcome.ts"
-import * as SqliteSink from "../../../src/sinks/sqlite/SqliteSink.ts"
 import { openDatabase } from "../../../src/sinks/sqlite/SqliteStore.ts"
 import { Device, event, telemetry } from "../../support/client.ts"
-import { telemetryEnvelope } from "../../support/envelopes.ts"
+import { telemetryEnvelope, telemetryIn as envelopes } from "../../support/envelopes.ts"
 import { startGateway, tempDir } from "../../support/gateway.ts"
 import { hasNatsServer, requireNatsServer, startNatsServer } from "../../support/natsServer.ts"
-
-const withSink = <A>(
-  dir: string,
-  options: Partial<SqliteSink.SqliteSinkOptions>,
-  body: (sink: SqliteSink.LocalStoreShape) => Effect.Effect<A, unknown>
-) =>
-  Effect.gen(function*() {
-    const scope = yield* Scope.make()
-    const sink = yield* SqliteSink.make({ dataDir: dir, synchronous: "normal", ...options }).pipe(Scope.provide(scope))
-    return yield* body(sink).pipe(Effect.ensuring(Scope.close(scope, Exit.void)))
-  })
-
-const envelopes = (device: string, epoch: number, from: number, n: number): Array<Envelope> =>
-  Array.from({ length: n }, (_, i) => ({ ...telemetryEnvelope(device, from + i), epoch }))
+import { withSink } from "../../support/sqliteSink.ts"
+import { countIn } from "../../support/store.ts"
 
 const one = (device: string, epoch: number, seq: number): Envelope => ({ ...telemetryEnvelope(device, seq), epoch })
-
-const countIn = (dir: string, sql: string): number => {
-  const db = new DatabaseSync(Path.join(dir, "gateway.db"), { readOnly: true })
-  try {
-    return (db.prepare(sql).get() as { n: number }).n
-  } finally {
-    db.close()
-  }
-}
 
 const quiet = Logger.layer([])
 
@@ -180,13 +158,7 @@ describe("lastSeq attacks (SQLite alone)", () => {
 })
 
 describe("lastSeq attacks (a gateway end to end)", () => {
-  const open = async (port: number, device: string, epoch?: number) => {
-    const d = await Device.connect(port)
-    d.send({ type: "hello", v: 1, device, token: "t", ...(epoch === undefined ? {} : { epoch }) })
-    const welcome = await d.next()
-    if (welcome.type !== "welcome") throw new Error(`expected welcome, got ${JSON.stringify(welcome)}`)
-    return { d, welcome }
-  }
+  const open = (port: number, device: string, epoch?: number) => Device.open(port, device, epoch === undefined ? {} : { epoch })
 
   it("SQLite alone: lastSeq is the highest seq acked, across a reconnect and a restart on a store with an older device_state row", async () => {
     const dataDir = tempDir("gw-lsa-gw-")
@@ -223,31 +195,27 @@ describe("lastSeq attacks (a gateway end to end)", () => {
 })
 
 describe.runIf(hasNatsServer)("lastSeq attacks (a gateway end to end, NATS in the routes, a private nats-server)", () => {
-  const open = async (port: number, device: string) => {
-    const d = await Device.connect(port)
-    d.send({ type: "hello", v: 1, device, token: "t" })
-    const welcome = await d.next()
-    if (welcome.type !== "welcome") throw new Error(`expected welcome, got ${JSON.stringify(welcome)}`)
-    return { d, welcome }
-  }
+  /** A gateway on `dataDir` with NATS at `url` in its sinks, failing fast once NATS is gone. */
+  const withNats = (dataDir: string, url: string, env: Record<string, string>) =>
+    startGateway({
+      GATEWAY_DATA_DIR: dataDir,
+      NATS_URL: url,
+      NATS_STREAM_CREATE: "true",
+      NATS_ACK_TIMEOUT_MS: "1000",
+      GATEWAY_STORE_RETRIES: "1",
+      GATEWAY_OUTBOX: "off",
+      GATEWAY_BREAKER_FAILURES: "100",
+      ...env
+    })
 
   it(
     "GATEWAY_SINK=sqlite,nats with NATS down: a message SQLite holds but NATS does not is never reported",
     async () => {
       const s = await startNatsServer()
       const dataDir = tempDir("gw-lsa-gw-")
-      const g = await startGateway({
-        GATEWAY_DATA_DIR: dataDir,
-        GATEWAY_SINK: "sqlite,nats",
-        NATS_URL: s.url,
-        NATS_STREAM_CREATE: "true",
-        NATS_ACK_TIMEOUT_MS: "1000",
-        GATEWAY_STORE_RETRIES: "1",
-        GATEWAY_OUTBOX: "off",
-        GATEWAY_BREAKER_FAILURES: "100"
-      })
+      const g = await withNats(dataDir, s.url, { GATEWAY_SINK: "sqlite,nats" })
       try {
-        const { d } = await open(g.port, "pump-2")
+        const { d } = await Device.open(g.port, "pump-2")
         d.send(telemetry(1), telemetry(2))
         expect((await d.take(2)).map((a) => [a.type, a["seq"]])).toEqual([["ack", 1], ["ack", 2]])
         await s.kill()
@@ -257,7 +225,7 @@ describe.runIf(hasNatsServer)("lastSeq attacks (a gateway end to end, NATS in th
         d.end()
         // SQLite holds 9, NATS does not: the welcome must not say 9
         expect(countIn(dataDir, "SELECT count(*) AS n FROM messages WHERE device = 'pump-2' AND seq = 9")).toBe(1)
-        const again = await open(g.port, "pump-2")
+        const again = await Device.open(g.port, "pump-2")
         expect(again.welcome["lastSeq"]).toBe(2)
         again.d.end()
       } finally {
@@ -276,19 +244,9 @@ describe.runIf(hasNatsServer)("lastSeq attacks (a gateway end to end, NATS in th
       const dataDir = tempDir("gw-lsa-gw-")
       const routes = Path.join(dataDir, "routes.json")
       Fs.writeFileSync(routes, JSON.stringify({ routes: [{ kinds: ["event"], sinks: ["sqlite"] }, { kinds: ["telemetry"], sinks: ["nats"] }] }))
-      const g = await startGateway({
-        GATEWAY_DATA_DIR: dataDir,
-        GATEWAY_SINK: "sqlite",
-        GATEWAY_ROUTES_FILE: routes,
-        NATS_URL: s.url,
-        NATS_STREAM_CREATE: "true",
-        NATS_ACK_TIMEOUT_MS: "1000",
-        GATEWAY_STORE_RETRIES: "1",
-        GATEWAY_OUTBOX: "off",
-        GATEWAY_BREAKER_FAILURES: "100"
-      })
+      const g = await withNats(dataDir, s.url, { GATEWAY_SINK: "sqlite", GATEWAY_ROUTES_FILE: routes })
       try {
-        const { d } = await open(g.port, "door-2")
+        const { d } = await Device.open(g.port, "door-2")
         d.send(telemetry(1), event(2))
         expect((await d.take(2)).map((a) => [a.type, a["seq"]]).sort()).toEqual([["ack", 1], ["ack", 2]])
         await s.kill()
@@ -299,7 +257,7 @@ describe.runIf(hasNatsServer)("lastSeq attacks (a gateway end to end, NATS in th
         // the device-state service writes behind the acks: wait for it
         let last: unknown = undefined
         for (let i = 0; i < 40 && last !== 5; i++) {
-          const again = await open(g.port, "door-2")
+          const again = await Device.open(g.port, "door-2")
           last = again.welcome["lastSeq"]
           again.d.end()
           expect(last === null || (typeof last === "number" && last <= 5)).toBe(true)
